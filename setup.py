@@ -10,7 +10,9 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["jaxad", "jaxad.*", "data_builders", "data_builders.*"]),
+    packages=setuptools.find_packages(
+        include=["jaxad", "jaxad.*", "data_builders", "data_builders.*"]
+    ),
     install_requires=[
         "jax>=0.10.2,<0.11",
         "flax>=0.12.8,<0.13",

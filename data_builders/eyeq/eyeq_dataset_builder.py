@@ -1,0 +1,256 @@
+"""EyeQ: EyePACS fundus photos with EyeQ quality grades, split for anomaly detection.
+
+Normal means diabetic retinopathy (DR) grade 0. The training images are EyeQ-train's grade 0
+photos, the abnormal ones are its grades 1-4, and the test split is EyeQ-test at every grade.
+Each photo is border-cropped and resized (`data_builders.fundus.crop_border`) and stored with
+its EyeQ field-of-view mask (`data_builders.fundus.fov_mask`).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import csv
+import dataclasses
+import functools
+import hashlib
+import io
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import tensorflow_datasets as tfds
+from absl import logging
+from etils import epath
+from PIL import Image
+
+from data_builders import fundus
+
+QUALITIES = ("good", "usable", "reject")
+_SPLITS = {"train": "train", "test": "test"}  # EyeQ split -> EyePACS folder holding its photos
+_CSV_COLUMNS = ("image", "quality", "DR_grade")
+
+_LAYOUT = """\
+Expected manual_dir layout:
+  Label_EyeQ_train.csv   EyeQ's labels, from https://github.com/HzFu/EyeQ (data/)
+  Label_EyeQ_test.csv
+  train/*.jpeg           the Kaggle Diabetic Retinopathy Detection training photos
+  test/*.jpeg            the Kaggle Diabetic Retinopathy Detection test photos
+"""
+
+_INSTRUCTIONS = f"""\
+The photos are EyePACS's, from the Kaggle "Diabetic Retinopathy Detection" competition
+(https://www.kaggle.com/c/diabetic-retinopathy-detection/data): accept the competition rules,
+download train.zip.* and test.zip.* and extract them. EyeQ-train photos are in Kaggle's train/
+folder and EyeQ-test photos in its test/ folder. The labels are data/Label_EyeQ_train.csv and
+data/Label_EyeQ_test.csv of https://github.com/HzFu/EyeQ. See data_builders/eyeq/README.md.
+
+{_LAYOUT}"""
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+@dataclasses.dataclass(eq=False)
+class EyeqConfig(tfds.core.BuilderConfig):
+    """Which EyeQ quality grades to keep, the stored image size and the validation draw."""
+
+    qualities: tuple[str, ...] = ("good",)
+    image_size: int = 512
+    val_fraction: float = 0.1
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Record:
+    name: str  # EyePACS image id, e.g. "10009_left"
+    path: epath.Path
+    grade: int
+    quality: int
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """EyeQ fundus photos (EyePACS) with DR grades, EyeQ quality and FOV masks."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [
+        EyeqConfig(
+            name="good",
+            description="EyeQ 'Good' quality photos only, the images Lesion2Void used.",
+            qualities=("good",),
+        ),
+        EyeqConfig(
+            name="all",
+            description="Photos of every EyeQ quality (good, usable, reject).",
+            qualities=QUALITIES,
+        ),
+    ]
+    DEFAULT_CONFIG_NAME = "good"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
+
+    def __init__(self, *, num_workers: int | None = None, **kwargs: Any):
+        """`num_workers` threads preprocess photos (default: the CPU count, at most 16)."""
+        super().__init__(**kwargs)
+        self._num_workers = num_workers or min(16, os.cpu_count() or 1)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        size = self.builder_config.image_size
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(
+                        shape=(size, size, 3),
+                        encoding_format="jpeg",
+                        doc="Border-cropped fundus photo, Lanczos-resized.",
+                    ),
+                    "fov": tfds.features.Image(
+                        shape=(size, size, 1),
+                        encoding_format="png",
+                        doc="Field of view, 1 inside the fitted circle and 0 outside.",
+                    ),
+                    "label": tfds.features.ClassLabel(
+                        names=["normal", "dr"], doc="0: DR grade 0, 1: DR grade 1-4."
+                    ),
+                    "grade": tfds.features.ClassLabel(
+                        num_classes=5, doc="DR grade from EyePACS (0 none ... 4 proliferative)."
+                    ),
+                    "quality": tfds.features.ClassLabel(names=list(QUALITIES), doc="EyeQ grade."),
+                    "id": tfds.features.Text(doc="EyePACS image id, e.g. 10009_left."),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            homepage="https://github.com/HzFu/EyeQ",
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        config = self.builder_config
+        root = dl_manager.manual_dir
+        keep = {QUALITIES.index(q) for q in config.qualities}
+        train = [r for r in _read_split(root, "train") if r.quality in keep]
+        test = [r for r in _read_split(root, "test") if r.quality in keep]
+        _check_images_exist(root, "train", train)
+        _check_images_exist(root, "test", test)
+
+        normal = [r for r in train if r.grade == 0]
+        # EyeQ has no validation split and Lesion2Void's is unpublished, so draw our own.
+        held_out = _validation_names([r.name for r in normal], config.val_fraction, config.seed)
+        return {
+            "train": self._generate_examples([r for r in normal if r.name not in held_out]),
+            "validation": self._generate_examples([r for r in normal if r.name in held_out]),
+            "train_abnormal": self._generate_examples([r for r in train if r.grade > 0]),
+            "test": self._generate_examples(test),
+        }
+
+    def _generate_examples(self, records: Sequence[_Record]):
+        process = functools.partial(_process, size=self.builder_config.image_size)
+        for record, (image, fov) in _ordered_map(process, records, self._num_workers):
+            yield (
+                record.name,
+                {
+                    "image": image,
+                    "fov": fov,
+                    "label": int(record.grade > 0),
+                    "grade": record.grade,
+                    "quality": record.quality,
+                    "id": record.name,
+                },
+            )
+
+
+def _read_split(root: epath.Path, split: str) -> list[_Record]:
+    """Reads Label_EyeQ_<split>.csv (columns: unnamed index, image, quality, DR_grade)."""
+    path = root / f"Label_EyeQ_{split}.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"EyeQ label file not found: {path}\n{_LAYOUT}")
+    folder = root / _SPLITS[split]
+    records = []
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in _CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(
+                f"{path} lacks the columns {missing}; EyeQ's header is ',image,quality,DR_grade'."
+            )
+        for line, row in enumerate(reader, start=2):
+            grade, quality = int(row["DR_grade"]), int(row["quality"])
+            if grade not in range(5) or quality not in range(3):
+                raise ValueError(f"{path}:{line}: DR_grade must be 0-4 and quality 0-2: {row}")
+            image = row["image"]
+            records.append(_Record(image.rsplit(".", 1)[0], folder / image, grade, quality))
+    return records
+
+
+def _check_images_exist(root: epath.Path, split: str, records: Sequence[_Record]) -> None:
+    """Fails before any processing if the EyePACS folder or a listed photo is missing."""
+    folder = root / _SPLITS[split]
+    if not folder.is_dir():
+        raise FileNotFoundError(f"EyePACS image folder not found: {folder}\n{_LAYOUT}")
+    present = {p.name for p in folder.iterdir()}
+    absent = [r.path for r in records if r.path.name not in present]
+    if absent:
+        # A missing photo usually means an incompletely extracted Kaggle archive part.
+        raise FileNotFoundError(
+            f"Image not found: {absent[0]} ({len(absent)} of the {len(records)} photos listed "
+            f"in Label_EyeQ_{split}.csv are missing from {folder}).\n{_LAYOUT}"
+        )
+
+
+def _validation_names(names: Sequence[str], fraction: float, seed: int) -> set[str]:
+    """Returns round(fraction * len(names)) names, chosen by a seeded hash of each name.
+
+    Hashing rather than a numpy draw keeps the split identical across numpy versions and
+    independent of the order of `names`.
+    """
+
+    def rank(name: str) -> str:
+        return hashlib.sha256(f"{seed}/{name}".encode()).hexdigest()
+
+    return set(sorted(sorted(names), key=rank)[: round(fraction * len(names))])
+
+
+def _process(record: _Record, size: int) -> tuple[bytes, bytes]:
+    """Returns the cropped photo as JPEG bytes and its FOV mask as PNG bytes."""
+    try:
+        with record.path.open("rb") as f, Image.open(f) as img:
+            img.load()  # Decode now, so a truncated file fails here, with its name.
+            cropped = fundus.crop_border(img, size)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"Cannot decode image {record.path}: {err}") from err
+    try:
+        mask = fundus.fov_mask(cropped)
+    except ValueError:
+        logging.warning("No field of view found in %s; using a centred circle.", record.path)
+        mask = fundus.circle_mask(size, size)
+    # Quality 100 without chroma subsampling, as Lesion2Void saved its crops.
+    image = io.BytesIO()
+    cropped.save(image, format="JPEG", quality=100, subsampling=0)
+    fov = io.BytesIO()
+    Image.fromarray(mask).save(fov, format="PNG")
+    return image.getvalue(), fov.getvalue()
+
+
+def _ordered_map(
+    fn: Callable[[_T], _R], items: Iterable[_T], num_workers: int
+) -> Iterator[tuple[_T, _R]]:
+    """Yields (item, fn(item)) in order, computing up to 4 * num_workers results ahead.
+
+    Threads suffice: decoding, blurring and resizing run in Pillow's C code without the GIL.
+    """
+    if num_workers <= 1:
+        for item in items:
+            yield item, fn(item)
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(num_workers)
+    pending: collections.deque = collections.deque()
+    try:
+        for item in items:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) >= 4 * num_workers:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+    finally:
+        pool.shutdown(cancel_futures=True)

@@ -1,0 +1,311 @@
+"""grain input pipelines: host-local training and evaluation batches from a data source.
+
+Training (`train_iterator`)::
+
+    source -> process shard -> shuffle (seeded) -> repeat forever (reshuffled each epoch)
+      -> resize + random flips + normalise (seeded per record) -> batch -> read threads
+      -> optional worker processes
+
+Evaluation (`eval_batches`): the process shard in a fixed order, resized and normalised without
+augmentation, in batches whose last rows are padding (``valid`` False). Every process yields the
+same number of batches, so collective computations over a global batch stay in lock-step.
+
+Each process reads the records ``process_index::process_count`` of the split, so processes see
+disjoint records that together cover the split.
+
+Fields read from ``data_cfg`` (an ml_collections ConfigDict):
+
+- always: ``name`` (and what `jaxad.data.sources.get_source` reads: ``root``, ``tfds_name``,
+  ``data_dir``, ``val_fraction``), ``image_size`` (int), ``channels`` (1 or 3), ``mean`` and
+  ``std`` (one value per channel);
+- training only: ``hflip``, ``vflip``, ``flip_fov`` (bools);
+- optional: ``num_workers`` (worker processes, default 0: read in this process),
+  ``num_threads`` (read threads per process, default 8), ``prefetch`` (batches read ahead per
+  process, default 16).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import numpy as np
+
+from jaxad.data import sources, transforms
+
+DEFAULT_NUM_THREADS = 8
+DEFAULT_PREFETCH = 16
+
+# Keys of a training batch: numbers only, ready for jax.
+TRAIN_KEYS = ("image", "fov", "mask", "label", "grade")
+
+
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    return process_index, process_count
+
+
+def _image_options(data_cfg) -> dict[str, Any]:
+    """Checks and returns the options shared by training and evaluation."""
+    channels = int(data_cfg.channels)
+    mean = tuple(float(m) for m in data_cfg.mean)
+    std = tuple(float(s) for s in data_cfg.std)
+    if channels not in (1, 3):
+        raise ValueError(f"data.channels must be 1 or 3, got {channels}")
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(
+            f"data.mean and data.std need {channels} values (data.channels), got {mean} and {std}"
+        )
+    return {"size": int(data_cfg.image_size), "channels": channels, "mean": mean, "std": std}
+
+
+def _read_options(data_cfg) -> grain.ReadOptions:
+    return grain.ReadOptions(
+        num_threads=int(data_cfg.get("num_threads", DEFAULT_NUM_THREADS)),
+        prefetch_buffer_size=int(data_cfg.get("prefetch", DEFAULT_PREFETCH)),
+    )
+
+
+def _allow_unparsed_absl_flags() -> None:
+    """Lets grain's worker processes start when absl flags were never parsed (tests, notebooks).
+
+    grain 0.2.18 reads the absl flag ``--grain_enable_multiprocess_worker_profiling`` when it starts
+    workers and fails with UnparsedFlagAccessError outside ``absl.app.run`` (google/grain#1355,
+    fixed after 0.2.18). Marking that one flag as given keeps its default value (False) and leaves
+    every other flag alone; a later parse of the command line still sets it.
+    """
+    from absl import flags
+
+    name = "grain_enable_multiprocess_worker_profiling"
+    if not flags.FLAGS.is_parsed() and name in flags.FLAGS:
+        flags.FLAGS[name].present = max(flags.FLAGS[name].present, 1)
+
+
+def _with_workers(ds: grain.IterDataset, data_cfg) -> grain.IterDataset:
+    num_workers = int(data_cfg.get("num_workers", 0))
+    if num_workers > 0:
+        _allow_unparsed_absl_flags()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return ds
+
+
+def _resized(rec: dict[str, Any], *, size: int, channels: int) -> dict[str, Any]:
+    rec = dict(rec, image=transforms.to_channels(rec["image"], channels))
+    return transforms.resize_record(rec, size)
+
+
+def _train_example(
+    rec: dict[str, Any],
+    rng: np.random.Generator,
+    *,
+    size: int,
+    channels: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    hflip: bool,
+    vflip: bool,
+    flip_fov: bool,
+) -> dict[str, np.ndarray]:
+    rec = _resized(rec, size=size, channels=channels)
+    rec = transforms.random_flips(rec, rng, hflip=hflip, vflip=vflip, flip_fov=flip_fov)
+    return {
+        "image": transforms.normalize(rec["image"], mean, std),
+        "fov": np.ascontiguousarray(rec["fov"], dtype=np.float32),
+        "mask": rec["mask"].astype(np.float32),
+        "label": np.int32(rec["label"]),
+        "grade": np.int32(rec["grade"]),
+    }
+
+
+def _eval_example(
+    rec: dict[str, Any],
+    *,
+    size: int,
+    channels: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> dict[str, Any]:
+    rec = _resized(rec, size=size, channels=channels)
+    return {
+        "image": transforms.normalize(rec["image"], mean, std),
+        "image_uint8": rec["image"],
+        "fov": rec["fov"].astype(np.float32),
+        "mask": rec["mask"].astype(np.float32),
+        "label": np.int32(rec["label"]),
+        "grade": np.int32(rec["grade"]),
+        "has_mask": np.bool_(rec["has_mask"]),
+        "id": str(rec["id"]),
+        "valid": np.bool_(True),
+    }
+
+
+def _padding_example(*, size: int, channels: int) -> dict[str, Any]:
+    return {
+        "image": np.zeros((size, size, channels), np.float32),
+        "image_uint8": np.zeros((size, size, channels), np.uint8),
+        "fov": np.zeros((size, size), np.float32),
+        "mask": np.zeros((size, size), np.float32),
+        "label": np.int32(-1),
+        "grade": np.int32(-1),
+        "has_mask": np.bool_(False),
+        "id": "",
+        "valid": np.bool_(False),
+    }
+
+
+def train_iterator(
+    data_cfg,
+    split: str,
+    *,
+    local_batch_size: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.DatasetIterator:
+    """An endless iterator of this process's augmented training batches.
+
+    Each batch is a dict of numpy arrays: ``image`` float32 [B, S, S, C] (normalised), ``fov``
+    float32 [B, S, S] in [0, 1], ``mask`` float32 [B, S, S], ``label`` int32 [B] and ``grade``
+    int32 [B], with B = ``local_batch_size`` and S = ``data_cfg.image_size``.
+
+    The order and the augmentation depend only on ``seed``, the process index and count, and the
+    data: two iterators built alike yield the same batches. The iterator supports ``get_state()``
+    and ``set_state(state)`` (a small dict to save with a checkpoint); after ``set_state`` it
+    yields exactly the batches that followed the saved state, provided the data, the config and
+    the process layout are unchanged (with ``num_workers`` > 0 the state holds one position per
+    worker, so ``num_workers`` must match too). Batches are never padded: epochs run into each
+    other, and each epoch is a new permutation of this process's shard.
+
+    Args:
+      data_cfg: data config (see the module docstring for the fields read).
+      split: split name of the source, e.g. "train".
+      local_batch_size: examples per batch on this process.
+      seed: shuffling and augmentation seed.
+      process_index: this process (default ``jax.process_index()``).
+      process_count: number of processes (default ``jax.process_count()``).
+    """
+    process_index, process_count = _process(process_index, process_count)
+    opts = _image_options(data_cfg)
+    src = sources.get_source(data_cfg, split)
+    ds = grain.MapDataset.source(src)[process_index::process_count]
+    if len(ds) == 0:
+        raise ValueError(
+            f"split {split!r} of data {data_cfg.name!r} has {len(src)} examples, too few for "
+            f"{process_count} processes"
+        )
+    # One seed per process, so that processes do not repeat each other's flips.
+    local_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+    fn = functools.partial(
+        _train_example,
+        **opts,
+        hflip=bool(data_cfg.hflip),
+        vflip=bool(data_cfg.vflip),
+        flip_fov=bool(data_cfg.flip_fov),
+    )
+    ds = (
+        ds.seed(local_seed)
+        .shuffle()
+        .repeat()
+        .random_map(fn)
+        .batch(local_batch_size, drop_remainder=True)
+        .to_iter_dataset(_read_options(data_cfg))
+    )
+    return iter(_with_workers(ds, data_cfg))
+
+
+def num_examples(data_cfg, split: str) -> int:
+    """Number of examples in ``split`` (all processes together)."""
+    return len(sources.get_source(data_cfg, split))
+
+
+def num_eval_batches(n_examples: int, local_batch_size: int, process_count: int) -> int:
+    """Batches each process yields in `eval_batches` for a split of ``n_examples``."""
+    return math.ceil(math.ceil(n_examples / process_count) / local_batch_size)
+
+
+def eval_batches(
+    data_cfg,
+    split: str,
+    *,
+    local_batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's evaluation batches: fixed order, no augmentation, padded.
+
+    Each batch has the training fields (``image``, ``fov``, ``mask``, ``label``, ``grade``; no
+    flips) plus ``image_uint8`` uint8 [B, S, S, C] (resized, not normalised, for overlays),
+    ``has_mask`` bool [B], ``id`` object [B] of str and ``valid`` bool [B].
+
+    Process ``i`` reads records ``i::process_count``. Rows past the end of its shard are padding
+    (``valid`` False, zeros, label and grade -1, id ""): records are never repeated or dropped.
+    Every process yields ``num_eval_batches(len(split), local_batch_size, process_count)``
+    batches, whole padding batches included, so that collectives stay in lock-step.
+
+    The source is opened when this function is called (so a missing dataset fails here); the
+    images are read as the iterator advances.
+    """
+    src = sources.get_source(data_cfg, split)
+    return source_batches(
+        src,
+        data_cfg,
+        local_batch_size=local_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
+def source_batches(
+    src,
+    data_cfg,
+    *,
+    local_batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """`eval_batches` over any random-access source of common records (e.g. for prediction)."""
+    process_index, process_count = _process(process_index, process_count)
+    opts = _image_options(data_cfg)
+    n_batches = num_eval_batches(len(src), local_batch_size, process_count)
+    ds = grain.MapDataset.source(src)[process_index::process_count]
+    ds = ds.map(functools.partial(_eval_example, **opts))
+    ds = _with_workers(ds.to_iter_dataset(_read_options(data_cfg)), data_cfg)
+    pad = _padding_example(size=opts["size"], channels=opts["channels"])
+    return _padded_batches(ds, n_batches, local_batch_size, pad)
+
+
+def _padded_batches(
+    examples, n_batches: int, batch_size: int, pad: dict[str, Any]
+) -> Iterator[dict[str, np.ndarray]]:
+    it = iter(examples)
+    exhausted = False
+    for _ in range(n_batches):
+        rows = []
+        while not exhausted and len(rows) < batch_size:
+            try:
+                rows.append(next(it))
+            except StopIteration:
+                exhausted = True
+        rows += [pad] * (batch_size - len(rows))
+        yield _stack(rows)
+
+
+def _stack(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    batch = {}
+    for key in rows[0]:
+        if key == "id":
+            ids = np.empty(len(rows), dtype=object)
+            ids[:] = [r["id"] for r in rows]
+            batch[key] = ids
+        else:
+            batch[key] = np.stack([r[key] for r in rows])
+    return batch

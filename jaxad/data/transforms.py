@@ -1,0 +1,131 @@
+"""Per-example transforms on the common record (pure numpy and Pillow, no JAX).
+
+The record is the dict described in `jaxad.data.sources`. `resize_record` turns it into the
+resized form the pipeline batches: ``image`` uint8 [S, S, C], ``mask`` uint8 [S, S] and ``fov``
+float32 [S, S] in [0, 1]. Random transforms take a ``np.random.Generator`` so that grain can seed
+them per record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def _size_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int | np.integer):
+        return int(size), int(size)
+    h, w = size
+    return int(h), int(w)
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 [H, W, C] with C in {1, 3} -> uint8 [H, W, channels].
+
+    Greyscale is repeated into RGB; RGB becomes greyscale with Pillow's ITU-R 601-2 luma, as
+    ``Image.convert("L")`` does for folder images.
+    """
+    c = image.shape[-1]
+    if c == channels:
+        return image
+    if c == 1 and channels == 3:
+        return np.repeat(image, 3, axis=-1)
+    if c == 3 and channels == 1:
+        return np.asarray(Image.fromarray(image, "RGB").convert("L"), dtype=np.uint8)[..., None]
+    raise ValueError(f"cannot convert an image with {c} channels to {channels}")
+
+
+def resize_image(image: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
+    """uint8 [H, W, C] -> uint8 [S, S, C] with Pillow bilinear.
+
+    Pillow's bilinear filter widens with the downscale factor (it is antialiased), so this equals
+    torchvision's ``Resize`` on PIL images, which the reference implementations use.
+    """
+    h, w = _size_hw(size)
+    if image.shape[:2] == (h, w):
+        return image
+    if image.shape[-1] == 1:
+        out = Image.fromarray(image[..., 0], "L").resize((w, h), Image.BILINEAR)
+        return np.asarray(out, dtype=np.uint8)[..., None]
+    out = Image.fromarray(image, "RGB").resize((w, h), Image.BILINEAR)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def resize_mask(mask: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
+    """uint8 [H, W] -> uint8 [S, S] with nearest neighbour (values stay in the same set)."""
+    h, w = _size_hw(size)
+    if mask.shape == (h, w):
+        return mask
+    return np.asarray(Image.fromarray(mask, "L").resize((w, h), Image.NEAREST), dtype=np.uint8)
+
+
+def resize_fov(fov: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
+    """uint8 [H, W] in {0, 1} -> float32 [S, S] in [0, 1] with Pillow bilinear.
+
+    The FOV is scaled to 0/255, resized as an 8-bit image and divided by 255: the same soft edges,
+    to the last bit, as the reference code that loads the mask as an image, resizes it bilinearly
+    and applies ``ToTensor``.
+    """
+    h, w = _size_hw(size)
+    img = Image.fromarray((fov > 0).astype(np.uint8) * 255, "L")
+    if fov.shape != (h, w):
+        img = img.resize((w, h), Image.BILINEAR)
+    return np.asarray(img, dtype=np.float32) / np.float32(255.0)
+
+
+def resize_record(rec: dict[str, Any], size: int | Sequence[int]) -> dict[str, Any]:
+    """Resizes a common record to ``size`` (an int S for S x S, or (height, width)).
+
+    Returns a new dict: ``image`` uint8 [S, S, C] (bilinear, antialiased), ``mask`` uint8 [S, S]
+    (nearest), ``fov`` float32 [S, S] in [0, 1] (bilinear, soft edges); other keys are copied.
+    """
+    out = dict(rec)
+    out["image"] = resize_image(rec["image"], size)
+    out["mask"] = resize_mask(rec["mask"], size)
+    out["fov"] = resize_fov(rec["fov"], size)
+    return out
+
+
+def random_flips(
+    rec: dict[str, Any],
+    rng: np.random.Generator,
+    *,
+    hflip: bool,
+    vflip: bool,
+    flip_fov: bool,
+) -> dict[str, Any]:
+    """Flips a record left-right and/or up-down, each with probability 1/2.
+
+    The horizontal coin is drawn before the vertical one (torchvision's RandomHorizontalFlip then
+    RandomVerticalFlip). ``image`` and ``mask`` always flip together. ``fov`` flips with them only
+    when ``flip_fov`` is True; ``flip_fov=False`` reproduces the reference Lesion2Void code, whose
+    FOV mask goes through a separate transform and is never flipped. For near-circular FOVs centred
+    in the image this matters little. Returns a new dict whose arrays may be views of the input.
+    """
+    out = dict(rec)
+    axes = []
+    if hflip and rng.random() < 0.5:
+        axes.append(1)
+    if vflip and rng.random() < 0.5:
+        axes.append(0)
+    if axes:
+        out["image"] = np.flip(rec["image"], axis=axes)
+        out["mask"] = np.flip(rec["mask"], axis=axes)
+        if flip_fov:
+            out["fov"] = np.flip(rec["fov"], axis=axes)
+    return out
+
+
+def normalize(image_uint8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 [..., C] -> float32 ``(x / 255 - mean) / std`` per channel (ToTensor + Normalize)."""
+    c = image_uint8.shape[-1]
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
+    if mean.shape != (c,) or std.shape != (c,):
+        raise ValueError(
+            f"mean and std need one value per channel ({c}), got {mean.tolist()}, {std.tolist()}"
+        )
+    return (image_uint8.astype(np.float32) / np.float32(255.0) - mean) / std

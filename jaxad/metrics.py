@@ -1,0 +1,257 @@
+"""Image- and pixel-level anomaly-detection metrics, and the baseline every method must beat.
+
+All functions run on the host with numpy and scikit-learn, the reference implementation the medical
+UAD literature reports against; nothing here re-derives ROC or precision-recall curves.
+
+Conventions:
+- Anomalous is the positive class everywhere (label != 0, mask > 0.5).
+- A metric that is undefined because only one class is present is returned as NaN instead of
+  raising, so that an evaluation over e.g. an all-normal split still writes its other numbers.
+- Dice and F1 are the same quantity (2TP / (2TP + FP + FN)); `best_dice` is the pooled pixel-level
+  F1 maximised over thresholds, as in the BraTS and MOOD evaluations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+__all__ = [
+    "MeanImage",
+    "distance_to_mean",
+    "grade_aurocs",
+    "image_metrics",
+    "max_f1",
+    "pixel_metrics",
+    "trivial_baseline",
+]
+
+
+def max_f1(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Maximum F1 (= Dice) over all thresholds `score >= t`, read exactly off the PR curve.
+
+    Every distinct score is a threshold of `precision_recall_curve`, so no binarisation is missed.
+    Points with precision + recall == 0 count as F1 = 0.
+    """
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    denom = precision + recall
+    f1 = np.divide(2.0 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+    return float(f1.max())
+
+
+def _binary_scores(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores).ravel()
+    labels = np.asarray(labels).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"{scores.size} scores but {labels.size} labels")
+    return scores, labels != 0
+
+
+def _has_both_classes(labels: np.ndarray) -> bool:
+    return bool(labels.any() and not labels.all())
+
+
+def image_metrics(scores: Any, labels: Any) -> dict[str, float]:
+    """Image-level AUROC, average precision and F1-max.
+
+    Args:
+      scores: [N] anomaly scores, higher = more anomalous.
+      labels: [N] 0 for normal, anything else for anomalous.
+
+    Returns:
+      dict with `image_auroc`, `image_auprc` (average precision) and `f1_max` (best F1 over
+      thresholds). All three are NaN when only one class is present: none is meaningful then
+      (sklearn would raise for AUROC and return trivial values for the others).
+    """
+    scores, labels = _binary_scores(scores, labels)
+    if not _has_both_classes(labels):
+        nan = float("nan")
+        return {"image_auroc": nan, "image_auprc": nan, "f1_max": nan}
+    return {
+        "image_auroc": float(roc_auc_score(labels, scores)),
+        "image_auprc": float(average_precision_score(labels, scores)),
+        "f1_max": max_f1(labels, scores),
+    }
+
+
+def _match_shape(arr: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """Lets masks carry (or lack) a trailing channel of 1 and a FOV be shared by all images."""
+    if arr.ndim == len(shape) + 1 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    try:
+        return np.broadcast_to(arr, shape)
+    except ValueError as e:
+        raise ValueError(f"{name} of shape {arr.shape} does not match maps of shape {shape}") from e
+
+
+def pixel_metrics(
+    maps: Any,
+    masks: Any,
+    *,
+    valid: Any | None = None,
+    max_pixels: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Pixel-level AUROC, average precision and best Dice, pooled over all pixels of all images.
+
+    Pooling (rather than averaging per image) is what BraTS/MOOD-style UAD papers report, and it
+    keeps images without lesions in the computation.
+
+    Args:
+      maps: [N, ...] anomaly maps (2D images or 3D volumes), higher = more anomalous.
+      masks: ground truth of the same shape (a trailing channel of 1 is allowed); a pixel is
+        anomalous where mask > 0.5, which covers bool, {0, 1}, {0, 255} and interpolated soft masks.
+      valid: optional mask (e.g. the field of view), same shape as `maps` or broadcastable to it,
+        such as one [H, W] FOV for all images; only pixels where valid > 0.5 are scored.
+      max_pixels: if set and more pixels remain, score a uniform random subsample of this many
+        pixels (without replacement, seeded by `seed`) to bound memory and time on very large sets.
+        With None (the default) the metrics are exact.
+      seed: seed of the subsample.
+
+    Returns:
+      dict with `pixel_auroc`, `pixel_auprc` and `best_dice` (pooled Dice maximised over
+      thresholds). All three are NaN when the scored pixels hold only one class.
+    """
+    maps = np.asarray(maps)
+    scores = maps.reshape(-1)
+    truth = (_match_shape(np.asarray(masks), maps.shape, "masks") > 0.5).reshape(-1)
+    if valid is not None:
+        keep = (_match_shape(np.asarray(valid), maps.shape, "valid") > 0.5).reshape(-1)
+        scores, truth = scores[keep], truth[keep]
+    if max_pixels is not None and scores.size > max_pixels:
+        rng = np.random.default_rng(seed)
+        idx = np.sort(rng.choice(scores.size, size=max_pixels, replace=False))
+        scores, truth = scores[idx], truth[idx]
+    if not _has_both_classes(truth):
+        nan = float("nan")
+        return {"pixel_auroc": nan, "pixel_auprc": nan, "best_dice": nan}
+    return {
+        "pixel_auroc": float(roc_auc_score(truth, scores)),
+        "pixel_auprc": float(average_precision_score(truth, scores)),
+        "best_dice": max_f1(truth, scores),
+    }
+
+
+def grade_aurocs(scores: Any, grades: Any) -> dict[str, float]:
+    """Lesion2Void's per-grade AUROCs: grade 0 against each higher grade, and against all of them.
+
+    Args:
+      scores: [N] image anomaly scores.
+      grades: [N] integer disease grades (DR 0-4 for EyeQ); grade 0 is the negative class.
+
+    Returns:
+      `auroc_grade0_vs_{g}` for every grade g > 0 present (absent grades get no key) and
+      `auroc_grade0_vs_all` with all grades > 0 pooled. A value is NaN when grade 0 is absent;
+      `auroc_grade0_vs_all` is NaN when no grade > 0 is present. Unlike the original script, the
+      scores are not min-max rescaled first, which cannot change an AUROC.
+    """
+    scores = np.asarray(scores).ravel()
+    grades = np.asarray(grades).ravel()
+    if scores.shape != grades.shape:
+        raise ValueError(f"{scores.size} scores but {grades.size} grades")
+    if (grades < 0).any():
+        raise ValueError("grades must be >= 0")
+    negatives = grades == 0
+
+    def auroc(positives: np.ndarray) -> float:
+        if not negatives.any() or not positives.any():
+            return float("nan")
+        keep = negatives | positives
+        return float(roc_auc_score(positives[keep], scores[keep]))
+
+    out = {}
+    for g in np.unique(grades[grades > 0]):
+        out[f"auroc_grade0_vs_{int(g)}"] = auroc(grades == g)
+    out["auroc_grade0_vs_all"] = auroc(grades > 0)
+    return out
+
+
+class MeanImage:
+    """Running per-pixel mean of a stream of image batches, so a training set needn't fit in memory.
+
+    Sums are kept in float64, so the result does not depend on how the stream is batched beyond
+    float64 rounding.
+    """
+
+    def __init__(self) -> None:
+        self._sum: np.ndarray | None = None
+        self._count = 0
+
+    def update(self, batch: Any) -> MeanImage:
+        """Adds a batch [B, ...] of images; returns self so calls can be chained."""
+        batch = np.asarray(batch, dtype=np.float64)
+        if batch.ndim < 2:
+            raise ValueError(f"expected a batch [B, ...], got shape {batch.shape}")
+        if self._sum is None:
+            self._sum = np.zeros(batch.shape[1:], np.float64)
+        elif batch.shape[1:] != self._sum.shape:
+            raise ValueError(f"batch of images {batch.shape[1:]} after images {self._sum.shape}")
+        self._sum += batch.sum(axis=0)
+        self._count += batch.shape[0]
+        return self
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @property
+    def total(self) -> np.ndarray:
+        """Float64 per-pixel sum so far; hosts sum `total` and `count` to get a global mean."""
+        if self._sum is None:
+            raise ValueError("MeanImage has seen no batch, so its image shape is unknown")
+        return self._sum.copy()
+
+    @property
+    def mean(self) -> np.ndarray:
+        if self._sum is None or self._count == 0:
+            raise ValueError("MeanImage has seen no images")
+        return self._sum / self._count
+
+
+def distance_to_mean(mean: np.ndarray, images: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel L2 distance over channels to the mean image, and its spatial mean per image.
+
+    Args:
+      mean: [..., C] mean training image (e.g. `MeanImage.mean`), channels last.
+      images: [N, ..., C] images on the same scale as `mean`.
+
+    Returns:
+      maps [N, ...] (float32) and scores [N] (float64).
+    """
+    images = np.asarray(images, dtype=np.float64)
+    if images.shape[1:] != np.shape(mean):
+        raise ValueError(f"images {images.shape[1:]} do not match the mean image {np.shape(mean)}")
+    maps = np.sqrt(np.sum(np.square(images - mean), axis=-1))
+    scores = maps.reshape(maps.shape[0], -1).mean(axis=1)
+    return maps.astype(np.float32), scores
+
+
+def trivial_baseline(train_images: Any, test_images: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The baseline every method must beat: distance from the mean training image.
+
+    A method that does not beat it has learnt no more than the average appearance of normal images.
+
+    Args:
+      train_images: the normal training images [N, H, W, C], a filled `MeanImage`, or an iterable of
+        batches [B, H, W, C] (consumed once, so the training set needn't be in memory).
+      test_images: [M, H, W, C] images to score, on the same scale as the training images.
+
+    Returns:
+      maps [M, H, W] (L2 over channels of the difference to the mean image) and scores [M]
+      (the mean of each map).
+    """
+    if isinstance(train_images, MeanImage):
+        mean = train_images.mean
+    elif hasattr(train_images, "shape"):
+        mean = MeanImage().update(train_images).mean
+    elif isinstance(train_images, Iterable):
+        acc = MeanImage()
+        for batch in train_images:
+            acc.update(batch)
+        mean = acc.mean
+    else:
+        raise TypeError(f"cannot take a mean image of {type(train_images).__name__}")
+    return distance_to_mean(mean, test_images)

@@ -1,0 +1,91 @@
+r"""Anomaly maps and image scores for a folder of unlabelled images, with a trained run's model.
+
+  python -m jaxad.predict --workdir=DIR --input=FOLDER --output=OUT
+
+Reads the run's `config.json` and latest checkpoint, scores every image under FOLDER
+(recursively) with the same preprocessing and `method.score` as evaluation, and writes
+`OUT/<relative path>.npy` (the map, resized to the image's own size), `OUT/<relative path>.png`
+(an overlay) and `OUT/scores.csv` (path, score).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+from PIL import Image
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a finished jaxad training run.")
+_INPUT = flags.DEFINE_string("input", None, "Folder of images to score.")
+_OUTPUT = flags.DEFINE_string("output", None, "Folder for maps, overlays and scores.csv.")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "Global batch size (0: config.eval.batch_size).")
+
+
+def predict(workdir: str, input_dir: str, output_dir: str, batch_size: int = 0) -> str:
+    """Scores every image under `input_dir`; returns the path of the written scores.csv."""
+    from jaxad import checkpoint, evaluate, methods, parallel, train, viz
+    from jaxad.data import pipeline, sources
+
+    config = train.load_config(workdir)
+    if batch_size:
+        config.eval.batch_size = batch_size
+    src = sources.ImageListSource(input_dir, channels=config.data.channels)
+    mesh = parallel.make_mesh()
+    method = methods.create(config)
+    local_bs = parallel.local_batch_size(config.eval.batch_size, mesh, key="batch_size")
+    state = train.init_state(method, config, mesh, local_bs)
+    ckpt = checkpoint.Checkpointer(
+        workdir, every_steps=config.checkpoint_every, keep=config.keep_checkpoints
+    )
+    state, _ = ckpt.restore(state)
+    ckpt.close()
+    batches = pipeline.source_batches(src, config.data, local_batch_size=local_bs)
+    rows = []
+    for local, out in evaluate.score_stream(method, state, mesh, batches, config.seed):
+        for j in np.flatnonzero(local["valid"]):
+            rel = str(local["id"][j])
+            full = os.path.join(input_dir, rel)
+            with Image.open(full) as im:
+                size = im.size
+            amap = _resize_map(out["map"][j], size)
+            stem = os.path.join(output_dir, os.path.splitext(rel)[0])
+            os.makedirs(os.path.dirname(stem), exist_ok=True)
+            np.save(stem + ".npy", amap)
+            image = sources.read_image(full, config.data.channels)
+            viz.save_png(stem + ".png", viz.side_by_side(image, amap))
+            rows.append((rel, float(out["image_score"][j])))
+    path = os.path.join(output_dir, "scores.csv")
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "score"])
+        w.writerows((p, f"{s:.6g}") for p, s in rows)
+    return path
+
+
+def _resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map to (width, height) = `size`."""
+    img = Image.fromarray(np.asarray(amap, np.float32), mode="F")
+    return np.asarray(img.resize(size, Image.BILINEAR), np.float32)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    if not (_WORKDIR.value and _INPUT.value and _OUTPUT.value):
+        print("jaxad.predict: error: --workdir, --input and --output are needed.", file=sys.stderr)
+        sys.exit(2)
+    from jaxad import writers
+
+    writers.setup_logging()
+    try:
+        path = predict(_WORKDIR.value, _INPUT.value, _OUTPUT.value, _BATCH.value)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"jaxad.predict: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    writers.log_info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    app.run(main)

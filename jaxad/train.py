@@ -1,0 +1,194 @@
+"""The one training loop shared by every method.
+
+mesh -> data -> method state -> jitted data-parallel steps -> logging, checkpoints, evaluation.
+A method supplies `init`, `train_step` and `score` (see `jaxad.methods.base`); nothing here is
+method-specific.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxad import checkpoint, evaluate, methods, parallel, writers
+from jaxad.data import pipeline
+
+
+class _Preemption:
+    """Turns SIGTERM (how Cloud TPU VMs announce preemption) into a flag the loop polls."""
+
+    def __init__(self):
+        self.requested = False
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        writers.logger.warning("SIGTERM received: saving a checkpoint and stopping.")
+        self.requested = True
+
+
+def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
+    """`config.total_steps` if set, else `num_epochs` epochs of full batches (drop_last)."""
+    if config.get("total_steps", 0):
+        return int(config.total_steps)
+    steps_per_epoch = num_train // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"the training split has {num_train} images, fewer than config.batch_size="
+            f"{config.batch_size}; lower the batch size or add images."
+        )
+    return int(math.ceil(config.num_epochs * steps_per_epoch))
+
+
+def example_batch(config: ml_collections.ConfigDict, local_batch_size: int) -> dict:
+    """A zero batch with the pipeline's shapes, for building the state without reading data."""
+    s, c = config.data.image_size, config.data.channels
+    return {
+        "image": np.zeros((local_batch_size, s, s, c), np.float32),
+        "fov": np.ones((local_batch_size, s, s), np.float32),
+        "mask": np.zeros((local_batch_size, s, s), np.float32),
+        "label": np.zeros((local_batch_size,), np.int32),
+        "grade": np.zeros((local_batch_size,), np.int32),
+    }
+
+
+def init_state(method, config, mesh, local_batch_size: int) -> Any:
+    """Creates the method's state directly replicated on the mesh."""
+    init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
+    batch = parallel.global_batch(mesh, example_batch(config, local_batch_size))
+    return jax.jit(method.init, out_shardings=parallel.replicated(mesh))(init_key, batch)
+
+
+def make_train_step(method, config, mesh):
+    """Jits the method's step: batch sharded, state replicated and donated.
+
+    The step's key is the run's loop key folded with the step number, so a resumed run draws
+    exactly the randomness an uninterrupted one would.
+    """
+    loop_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+    repl = parallel.replicated(mesh)
+
+    def step_fn(state, batch, step):
+        return method.train_step(state, batch, jax.random.fold_in(loop_key, step))
+
+    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(repl, repl))
+
+
+def _check_finite(metrics: dict, step: int, ckpt: checkpoint.Checkpointer) -> None:
+    loss = float(metrics["loss"])
+    if not np.isfinite(loss):
+        ckpt.wait()
+        last = ckpt.latest_step()
+        kept = f"the last good checkpoint (step {last}) is intact" if last else "no checkpoint"
+        raise FloatingPointError(
+            f"loss is {loss} at step {step}; training stopped and {kept} in {ckpt.directory}. "
+            "Lower the learning rate or check the input data."
+        )
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run was trained with (written by `run`), for prediction."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {workdir} the workdir of a jaxad run?")
+    with open(path, encoding="utf-8") as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (mode=train) or evaluates the latest checkpoint (mode=eval); returns eval metrics."""
+    if config.mode not in ("train", "eval"):
+        raise ValueError(f"config.mode={config.mode!r}: use 'train' or 'eval'.")
+    parallel.initialize_distributed(config.get("distributed"))
+    mesh = parallel.make_mesh()
+    method = methods.create(config)
+    local_bs = parallel.local_batch_size(config.batch_size, mesh)
+    parallel.local_batch_size(config.eval.batch_size, mesh, key="eval.batch_size")
+    ckpt = checkpoint.Checkpointer(
+        workdir, every_steps=config.checkpoint_every, keep=config.keep_checkpoints
+    )
+    state = init_state(method, config, mesh, local_bs)
+    if config.mode == "eval":
+        state, meta = ckpt.restore(state)
+        ckpt.close()
+        return evaluate.evaluate(config, workdir, method, state, mesh, step=meta["step"])
+
+    save_config(config, workdir)
+    train_it = pipeline.train_iterator(
+        config.data, config.data.train_split, local_batch_size=local_bs, seed=config.seed
+    )
+    num_steps = total_steps(config, pipeline.num_examples(config.data, config.data.train_split))
+    first_step = 0
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(state, train_it)
+        first_step = int(meta["step"])
+        writers.log_info("resumed from step %d in %s", first_step, ckpt.directory)
+    writers.log_info(
+        "training %s for %d steps, global batch %d on %d devices",
+        config.method,
+        num_steps,
+        config.batch_size,
+        mesh.devices.size,
+    )
+    writer = writers.MetricWriter(workdir)
+    train_step = make_train_step(method, config, mesh)
+    progress = writers.Progress(num_steps, first_step)
+    preemption = _Preemption()
+    step = first_step
+    for step in range(first_step + 1, num_steps + 1):
+        batch = parallel.global_batch(mesh, next(train_it))
+        state, metrics = train_step(state, batch, step)
+        last = step == num_steps
+        stop = preemption.requested or (jax.process_count() > 1 and ckpt.reached_preemption(step))
+        save = last or stop or ckpt.should_save(step)
+        if save or step % config.log_every == 0:
+            metrics = jax.device_get(metrics)
+            _check_finite(metrics, step, ckpt)
+            if step % config.log_every == 0 or last:
+                rate = progress.update(step)
+                writer.write_scalars(step, {**metrics, **rate})
+                writers.log_info(
+                    "%s",
+                    writers.format_progress(
+                        step, num_steps, metrics, rate["steps_per_sec"], rate["eta_sec"]
+                    ),
+                )
+        if save:
+            ckpt.save(step, state, train_it, {"step": step})
+        if stop:
+            ckpt.close()
+            writer.close()
+            writers.log_info("stopped at step %d; rerun the same command to resume.", step)
+            return {"preempted_at_step": step}
+        if config.eval_every and step % config.eval_every == 0 and not last:
+            results = evaluate.evaluate(config, workdir, method, state, mesh, step=step)
+            writer.write_scalars(step, _eval_scalars(results))
+    ckpt.close()
+    results = evaluate.evaluate(config, workdir, method, state, mesh, step=step)
+    writer.write_scalars(step, _eval_scalars(results))
+    writer.close()
+    return results
+
+
+def _eval_scalars(results: dict) -> dict:
+    return {
+        f"eval/{k}": v
+        for k, v in results.items()
+        if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
+    }

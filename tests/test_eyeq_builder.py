@@ -1,0 +1,196 @@
+"""Builds the EyeQ dataset from fake raw files in the real layout and reads it back."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from data_builders.eyeq import Builder, eyeq_dataset_builder
+from jaxad.data import build as build_lib
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (EyePACS name, EyeQ quality 0/1/2, DR grade) as in Label_EyeQ_{train,test}.csv.
+TRAIN_ROWS = (
+    [(f"{10 + i}_left", 0, 0) for i in range(10)]
+    + [(f"{30 + g}_right", 0, g) for g in range(1, 5)]
+    + [("40_left", 1, 0), ("41_left", 1, 0), ("42_left", 2, 0), ("43_left", 1, 2)]
+)
+TEST_ROWS = [(f"{1 + i}_left", 0, 0) for i in range(3)] + [
+    ("5_right", 0, 2),
+    ("6_right", 0, 4),
+    ("7_left", 1, 0),
+    ("8_left", 2, 3),
+]
+
+
+def _write_photo(path, rng):
+    """A small EyePACS-like photo: 4:3, a reddish disc, black borders left and right."""
+    h, w = 120, 160
+    rows, cols = np.mgrid[:h, :w]
+    disc = (rows - h / 2) ** 2 + (cols - w / 2) ** 2 <= (0.47 * h) ** 2
+    img = np.zeros((h, w, 3), np.float64)
+    img[disc] = rng.uniform([120, 40, 10], [200, 90, 40])
+    img[disc] += rng.normal(0, 5, (disc.sum(), 3))
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def _write_raw(root):
+    rng = np.random.default_rng(0)
+    for split, rows in (("train", TRAIN_ROWS), ("test", TEST_ROWS)):
+        (root / split).mkdir(parents=True)
+        lines = [",image,quality,DR_grade"]
+        for i, (name, quality, grade) in enumerate(rows):
+            lines.append(f"{i},{name}.jpeg,{quality},{grade}")
+            _write_photo(root / split / f"{name}.jpeg", rng)
+        (root / f"Label_EyeQ_{split}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def raw_dir(tmp_path_factory):
+    return _write_raw(tmp_path_factory.mktemp("eyeq_raw"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(raw_dir, tmp_path_factory):
+    """Builds `good` from Python and `all` through the command line."""
+    out = tmp_path_factory.mktemp("tfds")
+    build_lib.build("eyeq/good", raw_dir, out)
+    subprocess.run(
+        [sys.executable, "-m", "jaxad.data.build", "eyeq/all"]
+        + [f"--manual_dir={raw_dir}", f"--data_dir={out}"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+@pytest.mark.parametrize(
+    "config, sizes",
+    [
+        ("good", {"train": 9, "validation": 1, "train_abnormal": 4, "test": 5}),
+        ("all", {"train": 12, "validation": 1, "train_abnormal": 5, "test": 7}),
+    ],
+)
+def test_split_sizes(data_dir, config, sizes):
+    sources = tfds.data_source(f"eyeq/{config}", data_dir=data_dir, download=False)
+    assert {split: len(source) for split, source in sources.items()} == sizes
+
+
+@pytest.mark.parametrize("config, qualities", [("good", {0}), ("all", {0, 1, 2})])
+def test_examples(data_dir, config, qualities):
+    sources = tfds.data_source(f"eyeq/{config}", data_dir=data_dir, download=False)
+    rows = {name: (quality, grade) for name, quality, grade in TRAIN_ROWS + TEST_ROWS}
+    for split, source in sources.items():
+        for example in source:
+            assert example["image"].shape == (512, 512, 3)
+            assert example["image"].dtype == np.uint8
+            assert example["fov"].shape == (512, 512, 1)
+            assert set(np.unique(example["fov"])) == {0, 1}
+            # The fake disc fills the crop: the mask covers the centre, not the corners.
+            assert example["fov"][256, 256, 0] == 1 and example["fov"][0, 0, 0] == 0
+            assert example["image"][256, 256].max() > 100
+            quality, grade = rows[example["id"].decode()]
+            assert (example["quality"], example["grade"]) == (quality, grade)
+            assert example["quality"] in qualities
+            assert example["label"] == int(grade > 0)
+            if split in ("train", "validation"):
+                assert example["grade"] == 0
+            if split == "train_abnormal":
+                assert example["grade"] > 0
+    test_ids = {ex["id"].decode() for ex in sources["test"]}
+    assert test_ids == {name for name, quality, _ in TEST_ROWS if quality in qualities}
+    train_ids = {ex["id"].decode() for ex in sources["train"]}
+    assert not train_ids & {ex["id"].decode() for ex in sources["validation"]}
+
+
+def test_read_without_builder_code(data_dir):
+    builder = tfds.builder_from_directory(data_dir / "eyeq" / "good" / "1.0.0")
+    features = builder.info.features
+    assert set(features) == {"image", "fov", "label", "grade", "quality", "id"}
+    assert features["image"].shape == (512, 512, 3)
+    assert features["fov"].shape == (512, 512, 1)
+    assert features["grade"].num_classes == 5
+    assert features["quality"].names == ["good", "usable", "reject"]
+    assert features["label"].np_dtype == np.int64
+    example = builder.as_data_source(split="train_abnormal")[0]
+    assert example["label"] == 1
+
+
+def test_rebuild_is_a_noop(data_dir, tmp_path):
+    files = sorted((data_dir / "eyeq" / "good" / "1.0.0").iterdir())
+    before = {f: f.stat().st_mtime_ns for f in files}
+    # The raw files are not even read again.
+    build_lib.build("eyeq/good", tmp_path / "gone", data_dir)
+    assert {f: f.stat().st_mtime_ns for f in files} == before
+
+
+def test_validation_names_are_seeded_and_order_free():
+    names = [f"{i}_left" for i in range(200)]
+    chosen = eyeq_dataset_builder._validation_names(names, 0.1, seed=0)
+    assert len(chosen) == 20
+    assert eyeq_dataset_builder._validation_names(names[::-1], 0.1, seed=0) == chosen
+    assert eyeq_dataset_builder._validation_names(names, 0.1, seed=1) != chosen
+
+
+def _broken_copy(raw_dir, tmp_path, remove=None, corrupt=None):
+    root = Path(shutil.copytree(raw_dir, tmp_path / "raw"))
+    if remove:
+        path = root / remove
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if corrupt:
+        data = (root / corrupt).read_bytes()
+        (root / corrupt).write_bytes(data[: len(data) // 2])  # a truncated download
+    return root
+
+
+@pytest.mark.parametrize(
+    "missing", ["Label_EyeQ_test.csv", "Label_EyeQ_train.csv", "test", "train/31_right.jpeg"]
+)
+def test_missing_file_is_named(raw_dir, tmp_path, missing):
+    root = _broken_copy(raw_dir, tmp_path, remove=missing)
+    with pytest.raises(FileNotFoundError, match=re.escape(str(root / missing))):
+        build_lib.build("eyeq/good", root, tmp_path / "out")
+    assert not (tmp_path / "out" / "eyeq" / "good" / "1.0.0").exists()
+
+
+def test_photo_of_unused_quality_may_be_missing(raw_dir, tmp_path):
+    root = _broken_copy(raw_dir, tmp_path, remove="train/42_left.jpeg")  # a "reject" photo
+    builder = build_lib.build("eyeq/good", root, tmp_path / "out", num_workers=1)
+    assert builder.info.splits["train"].num_examples == 9
+
+
+def test_corrupt_photo_is_named(raw_dir, tmp_path):
+    root = _broken_copy(raw_dir, tmp_path, corrupt="test/5_right.jpeg")
+    with pytest.raises(
+        ValueError, match=re.escape(f"Cannot decode image {root / 'test/5_right.jpeg'}")
+    ):
+        build_lib.build("eyeq/good", root, tmp_path / "out")
+    assert not (tmp_path / "out" / "eyeq" / "good" / "1.0.0").exists()
+
+
+def test_builder_class_resolves_names():
+    assert build_lib.builder_class("eyeq") is Builder
+    assert build_lib.builder_class("eyeq/all") is Builder
+    assert "eyeq" in build_lib.known_builders()
+
+
+def test_unknown_name(tmp_path, capsys):
+    with pytest.raises(ValueError, match="Unknown dataset 'nope'; known datasets: .*eyeq"):
+        build_lib.build("nope", tmp_path, tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        build_lib.main(["nope/x", f"--manual_dir={tmp_path}", f"--data_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    assert "known datasets: " in capsys.readouterr().err
+    with pytest.raises(ValueError, match="Unknown config 'bad' of eyeq; known configs: good, all"):
+        build_lib.builder_class("eyeq/bad")
+    assert not os.listdir(tmp_path)

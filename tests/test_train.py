@@ -1,0 +1,241 @@
+"""The shared training loop end to end: reports, eval mode, resume, preemption, NaN, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT, tiny_config
+
+from jaxad import checkpoint, methods, parallel, train
+
+
+def _params(workdir, config, step=None):
+    """The generator parameters saved in `workdir` at `step` (default latest), as numpy."""
+    mesh = parallel.make_mesh()
+    method = methods.create(config)
+    state = train.init_state(method, config, mesh, config.batch_size)
+    ckpt = checkpoint.Checkpointer(workdir, every_steps=1, keep=10)
+    state, meta = ckpt.restore(state, step=step)
+    ckpt.close()
+    return jax.tree.map(np.asarray, state["g"]["params"]), meta["step"]
+
+
+@pytest.mark.slow
+def test_demo_config_trains_evaluates_and_writes_reports(fundus_root, tmp_path):
+    config = tiny_config(fundus_root)
+    results = train.run(config, str(tmp_path))
+    expected = {"image_auroc", "image_auprc", "f1_max", "pixel_auroc", "pixel_auprc", "best_dice"}
+    assert expected <= results.keys()
+    assert {f"baseline/{k}" for k in expected} <= results.keys()
+    assert results["num_images"] == 16 and results["step"] == 4
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["image_auroc"] == pytest.approx(results["image_auroc"])
+    with open(tmp_path / "eval" / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 16 and len({r["path"] for r in rows}) == 16
+    assert {int(r["label"]) for r in rows} == {0, 1}
+    assert all(np.isfinite(float(r["score"])) for r in rows)
+    assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 4
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    train_lines = [json.loads(x) for x in lines if "loss" in json.loads(x)]
+    assert [x["step"] for x in train_lines] == [2, 4]
+    assert all(np.isfinite(x["loss"]) and x["steps_per_sec"] > 0 for x in train_lines)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((tmp_path / "config.json").read_text())["method"] == "lesion2void"
+
+    # mode=eval scores the latest checkpoint again and gets the same numbers.
+    again = train.run(tiny_config(fundus_root, mode="eval"), str(tmp_path))
+    assert again["step"] == 4
+    assert again["image_auroc"] == pytest.approx(results["image_auroc"])
+    assert again["pixel_auroc"] == pytest.approx(results["pixel_auroc"])
+
+
+@pytest.mark.slow
+def test_resumed_run_equals_uninterrupted_run(fundus_root, tmp_path):
+    """Stopping at step 2 and resuming to 4 gives the very parameters of a straight 4-step run:
+    the data iterator position and the per-step keys are restored."""
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train.run(tiny_config(fundus_root, total_steps=4, **{"eval.baseline": False}), str(straight))
+    train.run(tiny_config(fundus_root, total_steps=2, **{"eval.baseline": False}), str(interrupted))
+    p2, step2 = _params(str(interrupted), tiny_config(fundus_root))
+    assert step2 == 2
+    train.run(tiny_config(fundus_root, total_steps=4, **{"eval.baseline": False}), str(interrupted))
+    a, step_a = _params(str(straight), tiny_config(fundus_root))
+    b, step_b = _params(str(interrupted), tiny_config(fundus_root))
+    assert step_a == step_b == 4
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    # And training did move the parameters between steps 2 and 4.
+    assert any(
+        not np.allclose(x, y) for x, y in zip(jax.tree.leaves(p2), jax.tree.leaves(b), strict=True)
+    )
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(fundus_root, tmp_path):
+    train.run(tiny_config(fundus_root, total_steps=2, **{"eval.baseline": False}), str(tmp_path))
+    before, _ = _params(str(tmp_path), tiny_config(fundus_root))
+    # A huge learning rate sends the parameters to inf after step 3, so step 4's loss is not finite.
+    bad = tiny_config(fundus_root, total_steps=6, log_every=1, **{"optim.learning_rate": 1e38})
+    with pytest.raises(FloatingPointError, match=r"at step \d.*step 2\) is intact"):
+        train.run(bad, str(tmp_path))
+    after, step = _params(str(tmp_path), tiny_config(fundus_root))
+    assert step == 2
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def _main_cmd(root, workdir, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "jaxad.main",
+        "--config=configs/lesion2void.py:demo",
+        f"--workdir={workdir}",
+        "--config.data.name=folder",
+        f"--config.data.root={root}",
+        "--config.data.image_size=32",
+        "--config.model.width=4",
+        "--config.model.disc_width=4",
+        "--config.batch_size=8",
+        "--config.eval.batch_size=8",
+        "--config.log_every=1",
+        "--config.checkpoint_every=2",
+        "--config.eval.baseline=False",
+        *extra,
+    ]
+
+
+def _wait_for_checkpoint(workdir: pathlib.Path, proc, timeout=240.0) -> None:
+    deadline = time.time() + timeout
+    ckpts = workdir / "checkpoints"
+    while time.time() < deadline:
+        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
+            return
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared")
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_checkpoint(fundus_root, tmp_path):
+    proc = subprocess.Popen(
+        _main_cmd(fundus_root, tmp_path, "--config.total_steps=100000"),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_checkpoint(tmp_path, proc)
+    proc.kill()
+    proc.communicate()
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    last = saved[-1]
+    out = subprocess.run(
+        _main_cmd(fundus_root, tmp_path, f"--config.total_steps={last + 2}"),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resumed from step {last}" in out.stderr
+    assert f"step {last + 2}/{last + 2}" in out.stderr
+    assert f"step {last}/" not in out.stderr  # nothing before the checkpoint was redone
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(fundus_root, tmp_path):
+    proc = subprocess.Popen(
+        _main_cmd(
+            fundus_root, tmp_path, "--config.total_steps=100000", "--config.checkpoint_every=1000"
+        ),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not (tmp_path / "metrics.jsonl").exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    assert "stopped at step" in err
+    step = int(err.split("stopped at step ")[1].split(";")[0])
+    saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert saved == [step]  # saved on SIGTERM although checkpoint_every is 1000
+
+
+def test_unknown_config_key_is_one_clear_line(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxad.main",
+            "--config=configs/lesion2void.py:demo",
+            f"--workdir={tmp_path}",
+            "--config.data.imagesize=64",
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "data.imagesize" in lines[0] and "image_size" in lines[0]
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    out = subprocess.run(
+        _main_cmd(tmp_path / "nowhere", tmp_path / "w"),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert str(tmp_path / "nowhere") in out.stderr.strip().splitlines()[-1]
+
+
+def test_unprepared_eyeq_names_the_build_command_and_demo(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxad.main",
+            "--config=configs/lesion2void.py",
+            f"--workdir={tmp_path / 'w'}",
+            f"--config.data.data_dir={tmp_path / 'tfds'}",
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    msg = out.stderr.strip().splitlines()[-1]
+    assert "python -m jaxad.data.build eyeq" in msg and ":demo" in msg
+    assert "Label_EyeQ_train.csv" in msg

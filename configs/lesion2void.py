@@ -49,6 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.hflip = True
     c.data.vflip = True
     c.data.flip_fov = False
+    # Field of view of folder data (EyeQ stores its own): 'ones', 'eyeq' (EyeQ's fitted circle,
+    # computed per image) or 'circle'. It masks the loss and the pixel metrics.
+    c.data.fov = "ones"
     c.data.num_workers = 2
     c.data.num_threads = 8
     c.data.prefetch = 4
@@ -109,6 +112,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # minutes. Everything else is the paper's.
         c.data.name = "demo"
         c.data.tfds_name = ""
+        c.data.fov = "eyeq"
         c.data.image_size = 128
         c.data.mean = (0.5, 0.5, 0.5)
         c.data.std = (0.25, 0.25, 0.25)

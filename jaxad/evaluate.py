@@ -84,41 +84,45 @@ def evaluate(
     step: int,
     split: str | None = None,
 ) -> dict:
-    """Scores `split` (default `config.data.test_split`), writes the reports, returns metrics."""
+    """Scores `split` (default `config.data.test_split`), writes the reports, returns metrics.
+
+    Image metrics use every labelled image. Pixel metrics (when `eval.pixel_metrics` and some
+    image has a mask) use the images whose ground truth is known (with a mask, or normal) and
+    only pixels inside the field of view, since pixels outside it carry no anatomy to judge.
+    """
     split = split or config.data.test_split
     out_dir = os.path.join(workdir, "eval")
     local_bs = parallel.local_batch_size(config.eval.batch_size, mesh, key="eval.batch_size")
-    want_baseline = config.eval.baseline
-    mean_image = mean_training_image(config, local_bs) if want_baseline else None
-    keep_maps = config.eval.pixel_metrics
-    rows, maps, masks, base_maps = [], [], [], []
-    cols = {k: [] for k in ("valid", "label", "grade", "has_mask", "score", "baseline")}
-    overlays = []
+    mean_image = mean_training_image(config, local_bs) if config.eval.baseline else None
+    per_image = {k: [] for k in ("valid", "label", "grade", "has_mask", "score", "baseline")}
+    per_pixel = {k: [] for k in ("map", "baseline", "mask", "fov")}
+    rows, overlays = [], []
     batches = pipeline.eval_batches(config.data, split, local_batch_size=local_bs)
     for local, out in score_stream(method, state, mesh, batches, config.seed):
-        base = None
-        if want_baseline:
-            base = np.linalg.norm(local["image"] - mean_image, axis=-1)
-            cols["baseline"].append(base.mean(axis=(1, 2)))
         for k in ("valid", "label", "grade", "has_mask"):
-            cols[k].append(np.asarray(local[k]))
-        cols["score"].append(out["image_score"])
-        if keep_maps:
-            maps.append(out["map"].astype(np.float16))
-            masks.append(local["mask"] > 0.5)
-            if base is not None:
-                base_maps.append(base.astype(np.float16))
+            per_image[k].append(np.asarray(local[k]))
+        per_image["score"].append(out["image_score"])
+        if mean_image is not None:
+            base_map, base_score = metrics_lib.distance_to_mean(mean_image, local["image"])
+            per_image["baseline"].append(base_score)
+        if config.eval.pixel_metrics:
+            per_pixel["map"].append(out["map"].astype(np.float16))
+            per_pixel["mask"].append(local["mask"] > 0.5)
+            per_pixel["fov"].append(local["fov"] > 0.5)
+            if mean_image is not None:
+                per_pixel["baseline"].append(base_map.astype(np.float16))
         for j in np.flatnonzero(local["valid"]):
             rows.append((str(local["id"][j]), int(local["label"][j]), int(local["grade"][j])))
         overlays.extend(_overlay_candidates(local, out, config.eval.num_overlays, overlays))
-    local_cols = {k: np.concatenate(v) for k, v in cols.items() if v}
+    local_cols = {k: np.concatenate(v) for k, v in per_image.items() if v}
     g = {k: _gather(v) for k, v in local_cols.items()}
-    valid = g["valid"].astype(bool)
-    results: dict[str, Any] = {"step": int(step), "split": split, "num_images": int(valid.sum())}
-    results.update(_all_metrics(g, valid, maps, masks, prefix=""))
-    if want_baseline:
-        base_g = dict(g, score=g["baseline"])
-        results.update(_all_metrics(base_g, valid, base_maps, masks, prefix="baseline/"))
+    pixels = {k: _gather(np.concatenate(v)) for k, v in per_pixel.items() if v}
+    results: dict[str, Any] = {"step": int(step), "split": split}
+    results["num_images"] = int(g["valid"].sum())
+    results.update(_metrics(g, g["score"], pixels.get("map"), pixels))
+    if mean_image is not None:
+        base = _metrics(g, g["baseline"], pixels.get("baseline"), pixels)
+        results.update({f"baseline/{k}": v for k, v in base.items()})
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
@@ -129,21 +133,22 @@ def evaluate(
     return results
 
 
-def _all_metrics(g: dict, valid: np.ndarray, maps, masks, prefix: str) -> dict:
+def _metrics(g: dict, scores: np.ndarray, maps: np.ndarray | None, pixels: dict) -> dict:
+    """Image metrics, per-grade AUROCs and pixel metrics of one set of scores and maps."""
+    valid = g["valid"].astype(bool)
     labelled = valid & (g["label"] >= 0)
-    out = dict(metrics_lib.image_metrics(g["score"][labelled], g["label"][labelled]))
+    out = dict(metrics_lib.image_metrics(scores[labelled], g["label"][labelled]))
     graded = valid & (g["grade"] >= 0)
     if graded.any():
-        out.update(metrics_lib.grade_aurocs(g["score"][graded], g["grade"][graded]))
-    if maps and g["has_mask"][valid].any():
-        m = _gather(np.concatenate(maps))[
-            valid & g["has_mask"].astype(bool) | valid & (g["label"] == 0)
-        ]
-        t = _gather(np.concatenate(masks))[
-            valid & g["has_mask"].astype(bool) | valid & (g["label"] == 0)
-        ]
-        out.update(metrics_lib.pixel_metrics(m.astype(np.float32), t))
-    return {prefix + k: v for k, v in out.items()}
+        out.update(metrics_lib.grade_aurocs(scores[graded], g["grade"][graded]))
+    known = valid & (g["has_mask"].astype(bool) | (g["label"] == 0))
+    if maps is not None and (valid & g["has_mask"].astype(bool) & (g["label"] > 0)).any():
+        out.update(
+            metrics_lib.pixel_metrics(
+                maps[known].astype(np.float32), pixels["mask"][known], valid=pixels["fov"][known]
+            )
+        )
+    return out
 
 
 def _overlay_candidates(local, out, limit: int, taken: list) -> list:
@@ -193,7 +198,7 @@ def _write_overlays(out_dir: str, items: list) -> None:
     d = os.path.join(out_dir, "overlays")
     os.makedirs(d, exist_ok=True)
     for it in items:
-        stem = os.path.splitext(os.path.basename(it["id"]))[0]
+        stem = os.path.splitext(it["id"])[0].replace("/", "_").replace(os.sep, "_")
         panel = viz.side_by_side(it["image"], it["map"], it["mask"])
         viz.save_png(os.path.join(d, f"{stem}_label{it['label']}.png"), panel)
 

@@ -48,7 +48,7 @@ def main(argv: list[str]) -> None:
 
     try:
         train.run(_CONFIG.value, _WORKDIR.value)
-    except (FileNotFoundError, ValueError, FloatingPointError) as e:
+    except (OSError, ValueError, FloatingPointError) as e:
         _die(str(e))
 
 

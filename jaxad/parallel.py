@@ -27,8 +27,9 @@ def initialize_distributed(dist_cfg: Any) -> None:
     """
     if dist_cfg is None or not dist_cfg.get("enabled", False):
         return
-    if jax.default_backend() == "cpu" or dist_cfg.get("coordinator_address"):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Cross-process collectives on CPU go through gloo; accelerators ignore this setting. (The
+    # backend cannot be queried here: that would initialise it before the job is joined.)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs = {}
     if dist_cfg.get("coordinator_address"):
         kwargs = dict(
@@ -40,14 +41,16 @@ def initialize_distributed(dist_cfg: Any) -> None:
     logging.info("process %d of %d", jax.process_index(), jax.process_count())
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-    """A one-axis mesh over all (or the first `num_devices`) devices.
+def make_mesh(devices: list | None = None) -> Mesh:
+    """A one-axis mesh over `devices` (default: all devices of all processes).
 
     `AxisType.Auto` matters: Linen dropout and batch norm fail under explicit sharding types,
     the default of `jax.make_mesh`.
     """
-    n = num_devices or jax.device_count()
-    return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh(
+        (len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices
+    )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -81,7 +81,7 @@ def main(argv: list[str]) -> None:
     writers.setup_logging()
     try:
         path = predict(_WORKDIR.value, _INPUT.value, _OUTPUT.value, _BATCH.value)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         print(f"jaxad.predict: error: {e}", file=sys.stderr)
         sys.exit(2)
     writers.log_info("wrote %s", path)

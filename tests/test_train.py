@@ -239,3 +239,46 @@ def test_unprepared_eyeq_names_the_build_command_and_demo(tmp_path):
     msg = out.stderr.strip().splitlines()[-1]
     assert "python -m jaxad.data.build eyeq" in msg and ":demo" in msg
     assert "Label_EyeQ_train.csv" in msg
+
+
+@pytest.mark.slow
+def test_predict_writes_maps_overlays_and_scores(fundus_root, tmp_path):
+    from PIL import Image
+
+    from jaxad import predict
+
+    train.run(tiny_config(fundus_root, total_steps=2, **{"eval.baseline": False}), str(tmp_path))
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    rgb = np.asarray(Image.open(fundus_root / "test" / "haemorrhage" / "000.png"))
+    Image.fromarray(rgb).save(inputs / "a.png")
+    Image.fromarray(rgb[:50, :40]).convert("L").save(inputs / "sub" / "b.jpg")
+    (inputs / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    path = predict.predict(str(tmp_path), str(inputs), str(out))
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == ["a.png", "sub/b.jpg"]
+    assert all(np.isfinite(float(r["score"])) for r in rows)
+    assert np.load(out / "a.npy").shape == (64, 64)
+    assert np.load(out / "sub" / "b.npy").shape == (50, 40)  # maps come back at image size
+    assert (out / "a.png").is_file() and (out / "sub" / "b.png").is_file()
+
+
+def test_corrupt_image_is_reported_by_path(fundus_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(fundus_root, root)
+    bad = root / "train" / "good" / "000.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    out = subprocess.run(
+        _main_cmd(root, tmp_path / "w", "--config.total_steps=50", "--config.data.fov=ones"),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode != 0
+    assert str(bad) in out.stderr

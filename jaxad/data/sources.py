@@ -163,6 +163,7 @@ class FolderSource:
         *,
         channels: int,
         val_fraction: float = 0.1,
+        fov: str = "ones",
     ):
         if split not in self.SPLITS:
             raise ValueError(f"unknown split {split!r} for folder {root}; use one of {self.SPLITS}")
@@ -170,9 +171,11 @@ class FolderSource:
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_fov_kind(fov)
         self.root = pathlib.Path(root).expanduser()
         self.split = split
         self.channels = channels
+        self.fov = fov
         # Each entry: (image path, label, mask path or None, has_mask).
         self._entries: list[tuple[pathlib.Path, int, pathlib.Path | None, bool]] = []
 
@@ -258,15 +261,8 @@ class FolderSource:
                 raise ValueError(
                     f"mask {mask_path} has size {mask.shape[::-1]} but image {path} has {(w, h)}"
                 )
-        return {
-            "image": image,
-            "mask": mask,
-            "fov": np.ones((h, w), np.uint8),
-            "label": np.int32(label),
-            "grade": np.int32(-1),
-            "has_mask": np.bool_(has_mask),
-            "id": path.relative_to(self.root).as_posix(),
-        }
+        rel = path.relative_to(self.root).as_posix()
+        return _record(image, mask, label, has_mask, rel, field_of_view(image, self.fov, path))
 
     def __repr__(self) -> str:
         return f"FolderSource(root={str(self.root)!r}, split={self.split!r}, len={len(self)})"
@@ -382,7 +378,9 @@ class ImageListSource:
     Records have label -1, no mask and ``id`` = the path relative to ``root``.
     """
 
-    def __init__(self, root: str | os.PathLike, *, channels: int):
+    def __init__(self, root: str | os.PathLike, *, channels: int, fov: str = "ones"):
+        check_fov_kind(fov)
+        self.fov = fov
         self.root = pathlib.Path(root).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(f"input folder {self.root} does not exist")
@@ -397,16 +395,49 @@ class ImageListSource:
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.paths[index]
         image = read_image(path, self.channels)
-        h, w = image.shape[:2]
-        return {
-            "image": image,
-            "mask": np.zeros((h, w), np.uint8),
-            "fov": np.ones((h, w), np.uint8),
-            "label": np.int32(-1),
-            "grade": np.int32(-1),
-            "has_mask": np.bool_(False),
-            "id": path.relative_to(self.root).as_posix(),
-        }
+        mask = np.zeros(image.shape[:2], np.uint8)
+        rel = path.relative_to(self.root).as_posix()
+        return _record(image, mask, -1, False, rel, field_of_view(image, self.fov, path))
+
+
+FOV_KINDS = ("ones", "eyeq", "circle")
+
+
+def check_fov_kind(kind: str) -> None:
+    if kind not in FOV_KINDS:
+        raise ValueError(f"data.fov={kind!r} is not one of {', '.join(FOV_KINDS)}")
+
+
+def field_of_view(image: np.ndarray, kind: str, path: os.PathLike | str = "") -> np.ndarray:
+    """The field of view of an image without a stored one: uint8 [H, W] in {0, 1}.
+
+    `ones`: everything; `eyeq`: EyeQ's fitted-circle algorithm (what the EyeQ builder stores);
+    `circle`: the centred circle of Lesion2Void's preprocessing (radius 250/512 of the size).
+    """
+    h, w = image.shape[:2]
+    if kind == "ones":
+        return np.ones((h, w), np.uint8)
+    from data_builders import fundus  # Fundus-specific: imported only when asked for.
+
+    if kind == "circle":
+        return fundus.circle_mask(h, w)
+    try:
+        return fundus.fov_mask(image[..., 0] if image.shape[-1] == 1 else image)
+    except ValueError as e:
+        raise ImageReadError(f"no field of view found in {path}: {e}") from e
+
+
+def _record(image, mask, label: int, has_mask: bool, rel: str, fov: np.ndarray) -> dict[str, Any]:
+    """The common record every source yields (see the module docstring)."""
+    return {
+        "image": image,
+        "mask": mask,
+        "fov": fov,
+        "label": np.int32(label),
+        "grade": np.int32(-1),
+        "has_mask": np.bool_(has_mask),
+        "id": rel,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,13 +468,18 @@ def get_source(data_cfg, split: str) -> FolderSource | TfdsSource:
             split,
             channels=data_cfg.channels,
             val_fraction=data_cfg.get("val_fraction", 0.1),
+            fov=data_cfg.get("fov", "ones"),
         )
     if name == "demo":
         from jaxad.data import demo  # Imported here: only demo configs need it.
 
         root = demo.ensure_fundus_demo(data_cfg.get("root") or None)
         return FolderSource(
-            root, split, channels=data_cfg.channels, val_fraction=data_cfg.get("val_fraction", 0.1)
+            root,
+            split,
+            channels=data_cfg.channels,
+            val_fraction=data_cfg.get("val_fraction", 0.1),
+            fov=data_cfg.get("fov", "ones"),
         )
     return TfdsSource(
         data_cfg.get("tfds_name") or name, split, data_dir=data_cfg.get("data_dir") or None

@@ -1,0 +1,50 @@
+"""One process of a two-process data-parallel job on 127.0.0.1 (run by test_parallel.py).
+
+argv: process_id port fundus_root tmp_dir. Trains the tiny config for 2 steps with
+`jax.distributed`, then checks that one data-parallel step over both processes equals the same
+step on this process's device alone with the whole batch.
+"""
+
+import sys
+
+import jax
+import numpy as np
+from conftest import tiny_config
+
+from jaxad import methods, parallel, train
+
+pid, port, root, tmp = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+config = tiny_config(root, total_steps=2)
+config.distributed.enabled = True
+config.distributed.coordinator_address = f"127.0.0.1:{port}"
+config.distributed.num_processes = 2
+config.distributed.process_id = pid
+results = train.run(config, f"{tmp}/run")
+assert jax.process_count() == 2 and jax.device_count() == 2
+assert results["num_images"] == 16, results
+
+method = methods.create(config)
+rng = np.random.default_rng(0)
+full = {
+    "image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
+    "fov": np.ones((8, 32, 32), np.float32),
+    "mask": np.zeros((8, 32, 32), np.float32),
+    "label": np.zeros(8, np.int32),
+    "grade": np.zeros(8, np.int32),
+}
+mine = {k: v[4 * pid : 4 * pid + 4] for k, v in full.items()}
+both = parallel.make_mesh()
+state = train.init_state(method, config, both, 4)
+state, _ = train.make_train_step(method, config, both)(state, parallel.global_batch(both, mine), 1)
+together = jax.device_get(state)
+alone_mesh = parallel.make_mesh(jax.local_devices())
+state = train.init_state(method, config, alone_mesh, 8)
+step = train.make_train_step(method, config, alone_mesh)
+state, _ = step(state, parallel.global_batch(alone_mesh, full), 1)
+alone = jax.device_get(state)
+diff = max(
+    float(np.max(np.abs(a - b)))
+    for a, b in zip(jax.tree.leaves(together), jax.tree.leaves(alone), strict=True)
+)
+print(f"MAXDIFF {diff}")
+print(f"PROCESS {pid} OF 2 OK")

@@ -38,6 +38,9 @@ to `--out`. Per case (train_* for the training step, score_* for `method.score`)
   backend reports 0 for it).
 - `peak_rss_bytes`: the case process's peak resident set (`resource.getrusage`), which includes
   the Python runtime, both executables and their buffers.
+- `other_cpus_busy` (per case and for the baselines): the average number of CPUs that other
+  processes used meanwhile (machine busy time from /proc/stat minus this process's). Timings
+  are only comparable when it is about 0; the run warns when it is above 0.1.
 
 Baselines (same process layout, same devices): `matmul` is a jitted 2048x2048 @ 2048x2048
 float32 product, `conv_fwd` one 3x3 128->128 convolution forward on an 8x112x112x128 NHWC batch
@@ -136,26 +139,34 @@ def _peak_rss_bytes() -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB.
 
 
-def _busy_cpus(seconds: float = 1.0) -> float | None:
-    """CPUs kept busy by other processes over `seconds` (from /proc/stat; None elsewhere).
+class _OtherLoad:
+    """Average number of CPUs that other processes kept busy while this one measured.
 
-    Timings are only meaningful on an otherwise idle machine: a value near 0 says it was.
+    Machine-wide busy time from /proc/stat minus this process's own CPU time, over the wall
+    time. Timings are only meaningful on an otherwise idle machine: a value near 0 says it was.
+    None where /proc/stat does not exist.
     """
 
-    def sample():
-        with open("/proc/stat", encoding="utf-8") as f:
-            fields = [float(v) for v in f.readline().split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+    def __init__(self):
+        self._start = self._sample()
 
-    try:
-        total0, idle0 = sample()
-        time.sleep(seconds)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    if total1 <= total0:
-        return None
-    return round((1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1), 2)
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat", encoding="utf-8") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        return time.perf_counter(), busy, own.ru_utime + own.ru_stime
+
+    def cpus(self) -> float | None:
+        end = self._sample()
+        if self._start is None or end is None:
+            return None
+        wall, busy, own = (e - s for e, s in zip(end, self._start, strict=True))
+        return round(max(busy - own, 0.0) / wall, 2) if wall > 0 else None
 
 
 def _env() -> dict:
@@ -193,7 +204,7 @@ def _env() -> dict:
 
 def run_baseline(reps: int) -> dict:
     """Env block plus the matmul and conv-forward rates of this machine."""
-    busy = _busy_cpus()
+    load = _OtherLoad()
     jax = _setup_jax()
     import jax.numpy as jnp
     import numpy as np
@@ -234,7 +245,7 @@ def run_baseline(reps: int) -> dict:
         "env": _env(),
         "baseline": {
             "reps": reps,
-            "busy_cpus_before": busy,
+            "other_cpus_busy": load.cpus(),
             "matmul": matmul,
             "conv_fwd": conv_fwd,
         },
@@ -272,7 +283,7 @@ def _num_params(tree) -> int:
 
 def run_case(case: str, opts: dict) -> dict:
     """Times, counts and sizes one config's training step and scoring."""
-    busy = _busy_cpus()
+    load = _OtherLoad()
     jax = _setup_jax()
     import numpy as np
 
@@ -292,7 +303,6 @@ def run_case(case: str, opts: dict) -> dict:
         "unet_width": config.model.width,
         "disc_width": config.model.disc_width,
         "batch_size": config.batch_size,
-        "busy_cpus_before": busy,
     }
 
     # Training step.
@@ -366,6 +376,7 @@ def run_case(case: str, opts: dict) -> dict:
     out["score_postprocess"] = config.score.image_score
     out["score_postprocess_sec_per_image"] = (time.perf_counter() - t0) / opts["score_batch"]
     out["peak_rss_bytes"] = _peak_rss_bytes()
+    out["other_cpus_busy"] = load.cpus()
     return out
 
 
@@ -485,12 +496,12 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(text + "\n")
     busy = [
-        (name, r.get("busy_cpus_before"))
+        (name, r.get("other_cpus_busy"))
         for name, r in [("baseline", report["baseline"]), *report["cases"].items()]
     ]
-    loaded = [f"{name} {b}" for name, b in busy if b is not None and b > 0.25]
+    loaded = [f"{name} {b}" for name, b in busy if b is not None and b > 0.1]
     if loaded:
-        _log(f"other processes kept CPUs busy before: {', '.join(loaded)}; timings are skewed")
+        _log(f"other processes used CPUs during: {', '.join(loaded)}; the timings are skewed")
     failed = [c for c, r in report["cases"].items() if "error" in r] + (
         ["baseline"] if "error" in base else []
     )

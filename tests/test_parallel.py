@@ -94,7 +94,7 @@ def test_two_processes_train_together_on_loopback(fundus_root, tmp_path):
         for i in range(2)
     ]
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (so, se) in zip(procs, outs, strict=True):
+    for p, (_, se) in zip(procs, outs, strict=True):
         assert p.returncode == 0, se[-4000:]
     for i, (so, _) in enumerate(outs):
         assert f"PROCESS {i} OF 2 OK" in so

@@ -1,7 +1,7 @@
 r"""Lesion2Void speed, FLOPs and memory on this machine, against matmul and conv baselines.
 
     python bench/lesion2void.py --out=bench_l2v.json [--cases=paper,demo] [--steps=N]
-        [--score_batch=N] [--score_calls=N] [--paper_batch=N]
+        [--score_batch=N] [--score_calls=N] [--score_warmup=N] [--paper_batch=N]
 
 Cases (synthetic random batches; no dataset is read):
 - `paper`: configs/lesion2void.py as published: 224 px, U-Net width 64, PatchGAN width 64,
@@ -21,11 +21,15 @@ to `--out`. Per case (train_* for the training step, score_* for `method.score`)
 - `*_compile_sec`: trace + lower + XLA compile of the jitted function.
 - `train_sec_per_step`: median wall time of `--steps` steps after one warm-up step, each ended
   by `jax.block_until_ready` (input pipeline excluded: batches are already on device);
-  `train_images_per_sec` = batch size / that.
+  `train_images_per_sec` = batch size / that. `train_cpu_sec_per_step` is the CPU time of
+  the process's threads over the same steps (median): it hardly changes when other processes
+  compete for the CPUs, unlike wall time, so it tells a slow machine from a busy one.
 - `score_sec_per_call`: median wall time of `--score_calls` calls of the compiled score function
   (36 test lattices per image, i.e. 36 U-Net forwards), after `score_warmup_calls` untimed
-  calls; `score_images_per_sec` = score batch / that. `score_postprocess_sec_per_image` is the
-  host-side image score (Otsu and connected components) that evaluation adds per image.
+  calls (none for paper: the executable is compiled ahead, so the first call does not
+  compile); `score_images_per_sec` = score batch / that; `score_cpu_sec_per_call` is its CPU
+  time. `score_postprocess_sec_per_image` is the host-side image score (Otsu and connected
+  components) that evaluation adds per image.
 - `*_flops`: XLA's count for the compiled function (`compiled.cost_analysis()["flops"]`; a
   multiply-add counts 2). XLA counts the body of a while loop once, and `method.score` loops
   over the lattices in chunks of `l2v.score_chunk` (`lax.map`), so `score_flops` is
@@ -126,12 +130,18 @@ def _compile(jitted, *args) -> tuple[Any, float]:
     return compiled, time.perf_counter() - t0
 
 
-def _timed(fn, *args) -> tuple[Any, float]:
+def _cpu_sec() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(fn, *args) -> tuple[Any, float, float]:
+    """(result, wall seconds, CPU seconds of this process's threads) of one blocking call."""
     import jax
 
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_sec(), time.perf_counter()
     out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - t0
+    return out, time.perf_counter() - t0, _cpu_sec() - c0
 
 
 def _peak_rss_bytes() -> int:
@@ -185,7 +195,7 @@ def _env() -> dict:
     except OSError:
         pass
     return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
         "flax": flax.__version__,
@@ -213,9 +223,14 @@ def run_baseline(reps: int) -> dict:
         compiled, _ = _compile(jax.jit(fn), *args)
         flops = _flops(compiled)
         _timed(compiled, *args)  # Warm-up.
-        times = [_timed(compiled, *args)[1] for _ in range(reps)]
-        sec = statistics.median(times)
-        return {"flops": flops, "sec": sec, "gflops_per_sec": flops / sec / 1e9}
+        runs = [_timed(compiled, *args)[1:] for _ in range(reps)]
+        sec = statistics.median(r[0] for r in runs)
+        return {
+            "flops": flops,
+            "sec": sec,
+            "cpu_sec": statistics.median(r[1] for r in runs),
+            "gflops_per_sec": flops / sec / 1e9,
+        }
 
     rng = np.random.default_rng(0)
     n = MATMUL_N
@@ -319,10 +334,11 @@ def run_case(case: str, opts: dict) -> dict:
     out["train_flops"] = _flops(compiled)
     out["train_memory"] = _memory(compiled)
     _log(f"{case}: train step compiled in {out['train_compile_sec']:.1f} s")
-    times = []
+    times, cpu = [], []
     for i in range(1 + opts["steps"]):
-        (state, metrics), sec = _timed(compiled, state, batches[i % 2], i + 1)
+        (state, metrics), sec, cpu_sec = _timed(compiled, state, batches[i % 2], i + 1)
         times.append(sec)
+        cpu.append(cpu_sec)
         _log(f"{case}: train step {i + 1}/{1 + opts['steps']} {sec:.2f} s")
     loss = float(metrics["loss"])
     if not np.isfinite(loss):
@@ -331,6 +347,7 @@ def run_case(case: str, opts: dict) -> dict:
     out["train_steps_timed"] = opts["steps"]
     out["train_sec_per_step_all"] = times[1:]
     out["train_sec_per_step"] = statistics.median(times[1:])
+    out["train_cpu_sec_per_step"] = statistics.median(cpu[1:])
     out["train_images_per_sec"] = config.batch_size / out["train_sec_per_step"]
     out["train_gflops_per_sec"] = out["train_flops"] / out["train_sec_per_step"] / 1e9
     del compiled
@@ -356,11 +373,12 @@ def run_case(case: str, opts: dict) -> dict:
     out["score_flops"] = n_lattices * opts["score_batch"] * fwd_flops_per_image
     out["score_memory"] = _memory(compiled)
     out["score_loop_trips"] = -(-n_lattices // chunk)
-    times = []
+    times, cpu = [], []
     n_calls = opts["score_warmup"] + opts["score_calls"]
     for i in range(n_calls):
-        result, sec = _timed(compiled, state, sbatch, jax.random.fold_in(key, i))
+        result, sec, cpu_sec = _timed(compiled, state, sbatch, jax.random.fold_in(key, i))
         times.append(sec)
+        cpu.append(cpu_sec)
         _log(f"{case}: score call {i + 1}/{n_calls} {sec:.2f} s")
     timed = times[opts["score_warmup"] :]
     out["score_warmup_calls"] = opts["score_warmup"]
@@ -368,6 +386,7 @@ def run_case(case: str, opts: dict) -> dict:
     out["score_first_call_sec"] = times[0]
     out["score_sec_per_call_all"] = timed
     out["score_sec_per_call"] = statistics.median(timed)
+    out["score_cpu_sec_per_call"] = statistics.median(cpu[opts["score_warmup"] :])
     out["score_images_per_sec"] = opts["score_batch"] / out["score_sec_per_call"]
     out["score_gflops_per_sec"] = out["score_flops"] / out["score_sec_per_call"] / 1e9
     host = {k: np.asarray(v) for k, v in result.items()}

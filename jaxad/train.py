@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from clu import parameter_overview
 
 from jaxad import checkpoint, evaluate, methods, parallel, writers
 from jaxad.data import pipeline
@@ -66,6 +67,12 @@ def init_state(method, config, mesh, local_batch_size: int) -> Any:
     init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
     batch = parallel.global_batch(mesh, example_batch(config, local_batch_size))
     return jax.jit(method.init, out_shardings=parallel.replicated(mesh))(init_key, batch)
+
+
+def parameter_counts(state: Any) -> str:
+    """`g 31,043,651, d 2,765,633`: trainable parameters of each network in the state."""
+    nets = {k: v["params"] for k, v in state.items() if isinstance(v, dict) and "params" in v}
+    return ", ".join(f"{k} {parameter_overview.count_parameters(p):,}" for k, p in nets.items())
 
 
 def make_train_step(method, config, mesh):
@@ -124,6 +131,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         workdir, every_steps=config.checkpoint_every, keep=config.keep_checkpoints
     )
     state = init_state(method, config, mesh, local_bs)
+    writers.log_info("parameters: %s", parameter_counts(state))
     if config.mode == "eval":
         state, meta = ckpt.restore(state)
         ckpt.close()

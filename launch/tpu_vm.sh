@@ -4,7 +4,7 @@
 #   TPU_NAME=l2v ZONE=us-west4-a WORKDIR=/mnt/disks/data/runs/l2v \
 #     launch/tpu_vm.sh create|setup|run|logs|delete
 #
-# Every command acts on all workers of the slice. See launch/README.md for the whole recipe
+# create, setup and run act on all workers of the slice. See launch/README.md for the whole recipe
 # (data disk, dataset build, preemption). Settings, all from the environment:
 #
 #   TPU_NAME          name of the TPU VM (required)
@@ -50,6 +50,9 @@ WORKDIR="${WORKDIR:-}"
 DISTRIBUTED="${DISTRIBUTED:-True}"
 EXTRA_ARGS="${EXTRA_ARGS:-}"
 LOG="${LOG:-jaxad-run.log}"
+
+ARCHIVE=""
+trap '[[ -z "${ARCHIVE}" ]] || rm -f "${ARCHIVE}"' EXIT
 
 die() {
   echo "tpu_vm.sh: $*" >&2
@@ -118,12 +121,11 @@ cmd_setup() {
       git -C ${remote_dir} checkout --quiet --detach ${ref}"
   else
     # The tracked files of this checkout, with their uncommitted edits.
-    local root archive
+    local root
     root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
-    archive=$(mktemp -t jaxad-XXXXXX.tar.gz)
-    trap 'rm -f "${archive}"' RETURN
-    (cd "${root}" && git ls-files -z | tar --null -T - -czf "${archive}")
-    gcloud compute tpus tpu-vm scp "${archive}" "${TPU_NAME}:jaxad.tar.gz" "${flags[@]}" \
+    ARCHIVE=$(mktemp "${TMPDIR:-/tmp}/jaxad-XXXXXX")
+    (cd "${root}" && git ls-files -z | tar --null -T - -czf "${ARCHIVE}")
+    gcloud compute tpus tpu-vm scp "${ARCHIVE}" "${TPU_NAME}:jaxad.tar.gz" "${flags[@]}" \
       --worker=all
     on_all_workers "set -euo pipefail; cd ~; mkdir -p ${remote_dir}
       tar -xzf jaxad.tar.gz -C ${remote_dir}; rm jaxad.tar.gz"
@@ -134,7 +136,7 @@ cmd_setup() {
   script="set -euo pipefail; cd ~
     python3 -m pip install --quiet --user --upgrade uv \
       || python3 -m pip install --quiet --user --upgrade --break-system-packages uv
-    python3 -m uv venv --quiet --allow-existing --python ${PYTHON_VERSION} ${venv}
+    python3 -m uv venv --quiet --allow-existing --python $(printf '%q' "${PYTHON_VERSION}") ${venv}
     python3 -m uv pip install --quiet --python ${venv}/bin/python -e ./${remote_dir} 'jax[tpu]'
     ${venv}/bin/python -c 'import jax, jaxad; print(\"jax\", jax.__version__)'"
   on_all_workers "${script}"

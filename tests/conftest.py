@@ -32,6 +32,20 @@ def fundus_root(tmp_path_factory) -> pathlib.Path:
     )
 
 
+def fake_batch(n: int = 8, size: int = 32, seed: int = 0) -> dict:
+    """A random training batch with the pipeline's keys, shapes and dtypes."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.normal(size=(n, size, size, 3)).astype(np.float32),
+        "fov": np.ones((n, size, size), np.float32),
+        "mask": np.zeros((n, size, size), np.float32),
+        "label": np.zeros(n, np.int32),
+        "grade": np.zeros(n, np.int32),
+    }
+
+
 def tiny_config(root: os.PathLike, **overrides):
     """configs/lesion2void.py:demo shrunk to seconds: 32 px, 4-channel networks, batch 8."""
     from configs import lesion2void

@@ -9,7 +9,7 @@ import sys
 
 import jax
 import numpy as np
-from conftest import tiny_config
+from conftest import fake_batch, tiny_config
 
 from jaxad import methods, parallel, train
 
@@ -24,14 +24,7 @@ assert jax.process_count() == 2 and jax.device_count() == 2
 assert results["num_images"] == 16, results
 
 method = methods.create(config)
-rng = np.random.default_rng(0)
-full = {
-    "image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
-    "fov": np.ones((8, 32, 32), np.float32),
-    "mask": np.zeros((8, 32, 32), np.float32),
-    "label": np.zeros(8, np.int32),
-    "grade": np.zeros(8, np.int32),
-}
+full = fake_batch()
 mine = {k: v[4 * pid : 4 * pid + 4] for k, v in full.items()}
 both = parallel.make_mesh()
 state = train.init_state(method, config, both, 4)

@@ -14,20 +14,13 @@ from conftest import ROOT
 _EIGHT_DEVICES = textwrap.dedent(
     """
     import jax, numpy as np
-    from conftest import tiny_config
+    from conftest import fake_batch, tiny_config
     from jaxad import methods, parallel, train
 
     assert jax.device_count() == 8
     config = tiny_config("unused")
     method = methods.create(config)
-    rng = np.random.default_rng(0)
-    batch = {
-        "image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
-        "fov": np.ones((8, 32, 32), np.float32),
-        "mask": np.zeros((8, 32, 32), np.float32),
-        "label": np.zeros(8, np.int32),
-        "grade": np.zeros(8, np.int32),
-    }
+    batch = fake_batch()
     out = {}
     for n in (1, 8):
         mesh = parallel.make_mesh(jax.devices()[:n])

@@ -42,19 +42,27 @@ def reconstruction_loss(pred, target, weight, norm: str) -> jax.Array:
     err = jnp.abs(pred - target) * weight
     if norm == "all":
         return err.mean()
-    if norm == "mask":
-        return err.sum() / jnp.maximum(jnp.broadcast_to(weight, err.shape).sum(), 1.0)
-    raise ValueError(f"config.l2v.loss_norm={norm!r}: use 'all' or 'mask'.")
+    return err.sum() / jnp.maximum(jnp.broadcast_to(weight, err.shape).sum(), 1.0)
 
 
 def lsgan_loss(logits, target: float) -> jax.Array:
     return jnp.mean((logits - target) ** 2)
 
 
+IMAGE_SCORES = ("postprocess", "max", "mean")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"config.{key}={value!r} is not one of {', '.join(choices)}.")
+
+
 class Lesion2Void:
     """The method object the shared loop drives (see `jaxad.methods.base.Method`)."""
 
     def __init__(self, config: ml_collections.ConfigDict):
+        _check_choice("l2v.loss_norm", config.l2v.loss_norm, ("all", "mask"))
+        _check_choice("score.image_score", config.score.image_score, IMAGE_SCORES)
         self.cfg = config.l2v
         self.channels = config.data.channels
         self.generator = UNet(out_channels=config.data.channels, width=config.model.width)
@@ -173,24 +181,32 @@ class Lesion2Void:
         return per_mask.sum(0) / phases.shape[0]
 
     def score(self, state: dict, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
+        """The residual map (mean over channels) and the device-side image score.
+
+        `score` is the maximum of the map inside the field of view (`image_score='max'`) or its
+        mean there (`'mean'`); `'postprocess'` replaces it on the host (`image_scores`).
+        """
         res = self.residual(state, batch["image"], key)
         pixel_map = res.mean(-1)
-        return {"map": pixel_map, "score": pixel_map.mean((1, 2)), "residual": res}
+        inside = pixel_map * batch["fov"]
+        if self.score_cfg.image_score == "max":
+            score = inside.max((1, 2))
+        else:
+            score = inside.sum((1, 2)) / jnp.maximum(batch["fov"].sum((1, 2)), 1.0)
+        return {"map": pixel_map, "score": score, "residual": res}
 
     def image_scores(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        """The configured image score: the original post-processing, or a device-side mean."""
+        """The configured image score: the original post-processing, or the device-side one."""
         kind = self.score_cfg.image_score
         if kind == "postprocess":
             return fundus_score.postprocess_scores(
                 outputs["residual"],
                 channel=self.score_cfg.channel,
-                radius=self.score_cfg.radius,
+                radius=self.score_cfg.radius or None,
                 rank_lo=self.score_cfg.rank_lo,
                 rank_hi=self.score_cfg.rank_hi,
             )
-        if kind == "mean":
-            return outputs["score"]
-        raise ValueError(f"config.score.image_score={kind!r}: use 'postprocess' or 'mean'.")
+        return outputs["score"]
 
 
 def create(config: ml_collections.ConfigDict) -> Any:

@@ -24,17 +24,27 @@ from jaxad.data import pipeline
 
 
 class _Preemption:
-    """Turns SIGTERM (how Cloud TPU VMs announce preemption) into a flag the loop polls."""
+    """Tells the loop when to checkpoint and stop because the machine is going away.
 
-    def __init__(self):
-        self.requested = False
-        if threading.current_thread() is threading.main_thread():
+    One process: SIGTERM (how Cloud TPU VMs announce preemption) sets a flag. Several processes
+    must all stop at the same step, so they use JAX's preemption sync point instead (through
+    Orbax), which handles the signal itself; a local handler would override it.
+    """
+
+    def __init__(self, ckpt: checkpoint.Checkpointer):
+        self._ckpt = ckpt
+        self._requested = False
+        self._multi = jax.process_count() > 1
+        if not self._multi and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         del signum, frame
         writers.logger.warning("SIGTERM received: saving a checkpoint and stopping.")
-        self.requested = True
+        self._requested = True
+
+    def reached(self, step: int) -> bool:
+        return self._ckpt.reached_preemption(step) if self._multi else self._requested
 
 
 def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
@@ -157,13 +167,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = writers.MetricWriter(workdir)
     train_step = make_train_step(method, config, mesh)
     progress = writers.Progress(num_steps, first_step)
-    preemption = _Preemption()
+    preemption = _Preemption(ckpt)
     step = first_step
     for step in range(first_step + 1, num_steps + 1):
         batch = parallel.global_batch(mesh, next(train_it))
         state, metrics = train_step(state, batch, step)
         last = step == num_steps
-        stop = preemption.requested or (jax.process_count() > 1 and ckpt.reached_preemption(step))
+        stop = preemption.reached(step)
         save = last or stop or ckpt.should_save(step)
         if save or step % config.log_every == 0:
             metrics = jax.device_get(metrics)

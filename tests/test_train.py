@@ -95,11 +95,23 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(fundus_root, tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
+def _env():
+    return dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+
+
+def _run(cmd: list, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _jaxad_main(*args) -> list:
+    return [sys.executable, "-m", "jaxad.main", *args]
+
+
 def _main_cmd(root, workdir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "jaxad.main",
+    """The tiny config's command line (see conftest.tiny_config) for a subprocess run."""
+    return _jaxad_main(
         "--config=configs/lesion2void.py:demo",
         f"--workdir={workdir}",
         "--config.data.name=folder",
@@ -112,8 +124,9 @@ def _main_cmd(root, workdir, *extra):
         "--config.log_every=1",
         "--config.checkpoint_every=2",
         "--config.eval.baseline=False",
+        "--config.l2v.score_chunk=36",
         *extra,
-    ]
+    )
 
 
 def _wait_for_checkpoint(workdir: pathlib.Path, proc, timeout=240.0) -> None:
@@ -125,10 +138,6 @@ def _wait_for_checkpoint(workdir: pathlib.Path, proc, timeout=240.0) -> None:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.2)
     raise AssertionError("no checkpoint appeared")
-
-
-def _env():
-    return dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
 
 
 @pytest.mark.slow
@@ -146,14 +155,7 @@ def test_killed_run_resumes_from_its_checkpoint(fundus_root, tmp_path):
     proc.communicate()
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     last = saved[-1]
-    out = subprocess.run(
-        _main_cmd(fundus_root, tmp_path, f"--config.total_steps={last + 2}"),
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    out = _run(_main_cmd(fundus_root, tmp_path, f"--config.total_steps={last + 2}"), 600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"resumed from step {last}" in out.stderr
     assert f"step {last + 2}/{last + 2}" in out.stderr
@@ -186,20 +188,12 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(fundus_root, tmp_path):
 
 
 def test_unknown_config_key_is_one_clear_line(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jaxad.main",
+    out = _run(
+        _jaxad_main(
             "--config=configs/lesion2void.py:demo",
             f"--workdir={tmp_path}",
             "--config.data.imagesize=64",
-        ],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+        )
     )
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
@@ -207,33 +201,18 @@ def test_unknown_config_key_is_one_clear_line(tmp_path):
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
-    out = subprocess.run(
-        _main_cmd(tmp_path / "nowhere", tmp_path / "w"),
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = _run(_main_cmd(tmp_path / "nowhere", tmp_path / "w"))
     assert out.returncode == 2
     assert str(tmp_path / "nowhere") in out.stderr.strip().splitlines()[-1]
 
 
 def test_unprepared_eyeq_names_the_build_command_and_demo(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jaxad.main",
+    out = _run(
+        _jaxad_main(
             "--config=configs/lesion2void.py",
             f"--workdir={tmp_path / 'w'}",
             f"--config.data.data_dir={tmp_path / 'tfds'}",
-        ],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+        )
     )
     assert out.returncode == 2
     msg = out.stderr.strip().splitlines()[-1]
@@ -272,14 +251,7 @@ def test_corrupt_image_is_reported_by_path(fundus_root, tmp_path):
     shutil.copytree(fundus_root, root)
     bad = root / "train" / "good" / "000.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    out = subprocess.run(
-        _main_cmd(root, tmp_path / "w", "--config.total_steps=50", "--config.data.fov=ones"),
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = _run(_main_cmd(root, tmp_path / "w", "--config.total_steps=50"))
     assert out.returncode != 0
     assert str(bad) in out.stderr
 

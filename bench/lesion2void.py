@@ -5,8 +5,9 @@ r"""Lesion2Void speed, FLOPs and memory on this machine, against matmul and conv
 
 Cases (synthetic random batches; no dataset is read):
 - `paper`: configs/lesion2void.py as published: 224 px, U-Net width 64, PatchGAN width 64,
-  batch 32 (`--paper_batch`). On a 2-core CPU a step takes about a minute, so by default only
-  2 steps are timed and scoring is timed on one call of 8 images.
+  batch 32 (`--paper_batch`). On a 2-core CPU a step takes about 50 s, so by default only
+  2 steps are timed and scoring is timed on one call of 8 images (about 1.5 min); the default
+  run takes about 5 minutes there.
 - `demo`: configs/lesion2void.py:demo: 128 px, widths 16, batch 16.
 
 Everything goes through the library's own code: `methods.create`, `train.init_state`,
@@ -318,6 +319,8 @@ def run_case(case: str, opts: dict) -> dict:
         "unet_width": config.model.width,
         "disc_width": config.model.disc_width,
         "batch_size": config.batch_size,
+        "model_config": json.loads(config.model.to_json_best_effort()),
+        "l2v_config": json.loads(config.l2v.to_json_best_effort()),
     }
 
     # Training step.
@@ -435,7 +438,12 @@ def _spawn(child: str, args: argparse.Namespace) -> dict:
         proc = subprocess.run(cmd, check=False)
         wall = time.perf_counter() - t0
         if proc.returncode != 0 or not os.path.exists(result_path):
-            return {"error": f"{child} failed with exit code {proc.returncode}", "wall_sec": wall}
+            why = f"exit code {proc.returncode}"
+            if proc.returncode == -9:
+                why = "SIGKILL, most likely the out-of-memory killer (try --paper_batch=16)"
+            elif proc.returncode < 0:
+                why = f"signal {-proc.returncode}"
+            return {"error": f"{child} failed: {why}", "wall_sec": wall}
         with open(result_path, encoding="utf-8") as f:
             result = json.load(f)
     result["wall_sec"] = wall

@@ -67,12 +67,12 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import common as bench_common  # bench/common.py, next to this script
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_FILE = REPO / "configs" / "lesion2void.py"
@@ -145,41 +145,6 @@ def _timed(fn, *args) -> tuple[Any, float, float]:
     return out, time.perf_counter() - t0, _cpu_sec() - c0
 
 
-def _peak_rss_bytes() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB.
-
-
-class _OtherLoad:
-    """Average number of CPUs that other processes kept busy while this one measured.
-
-    Machine-wide busy time from /proc/stat minus this process's own CPU time, over the wall
-    time. Timings are only meaningful on an otherwise idle machine: a value near 0 says it was.
-    None where /proc/stat does not exist.
-    """
-
-    def __init__(self):
-        self._start = self._sample()
-
-    @staticmethod
-    def _sample():
-        try:
-            with open("/proc/stat", encoding="utf-8") as f:
-                fields = [int(v) for v in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        return time.perf_counter(), busy, own.ru_utime + own.ru_stime
-
-    def cpus(self) -> float | None:
-        end = self._sample()
-        if self._start is None or end is None:
-            return None
-        wall, busy, own = (e - s for e, s in zip(end, self._start, strict=True))
-        return round(max(busy - own, 0.0) / wall, 2) if wall > 0 else None
-
-
 def _env() -> dict:
     jax = _setup_jax()
     import flax
@@ -215,7 +180,7 @@ def _env() -> dict:
 
 def run_baseline(reps: int) -> dict:
     """Env block plus the matmul and conv-forward rates of this machine."""
-    load = _OtherLoad()
+    load = bench_common.OtherLoad()
     jax = _setup_jax()
     import jax.numpy as jnp
     import numpy as np
@@ -265,7 +230,7 @@ def run_baseline(reps: int) -> dict:
             "matmul": matmul,
             "conv_fwd": conv_fwd,
         },
-        "peak_rss_bytes": _peak_rss_bytes(),
+        "peak_rss_bytes": bench_common.peak_rss_bytes(),
     }
 
 
@@ -299,7 +264,7 @@ def _num_params(tree) -> int:
 
 def run_case(case: str, opts: dict) -> dict:
     """Times, counts and sizes one config's training step and scoring."""
-    load = _OtherLoad()
+    load = bench_common.OtherLoad()
     jax = _setup_jax()
     import numpy as np
 
@@ -397,7 +362,7 @@ def run_case(case: str, opts: dict) -> dict:
     method.image_scores(host)
     out["score_postprocess"] = config.score.image_score
     out["score_postprocess_sec_per_image"] = (time.perf_counter() - t0) / opts["score_batch"]
-    out["peak_rss_bytes"] = _peak_rss_bytes()
+    out["peak_rss_bytes"] = bench_common.peak_rss_bytes()
     out["other_cpus_busy"] = load.cpus()
     return out
 
@@ -421,32 +386,13 @@ def _case_options(case: str, args: argparse.Namespace) -> dict:
 
 def _spawn(child: str, args: argparse.Namespace) -> dict:
     """Runs `--_child=child` in a fresh interpreter and returns its JSON (or the error)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        result_path = os.path.join(tmp, "result.json")
-        cmd = [
-            sys.executable,
-            os.path.abspath(__file__),
-            f"--_child={child}",
-            f"--_result={result_path}",
-            f"--paper_batch={args.paper_batch}",
-            f"--baseline_reps={args.baseline_reps}",
-        ]
-        for name in ("steps", "score_batch", "score_calls", "score_warmup"):
-            if getattr(args, name) is not None:
-                cmd.append(f"--{name}={getattr(args, name)}")
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, check=False)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0 or not os.path.exists(result_path):
-            why = f"exit code {proc.returncode}"
-            if proc.returncode == -9:
-                why = "SIGKILL, most likely the out-of-memory killer (try --paper_batch=16)"
-            elif proc.returncode < 0:
-                why = f"signal {-proc.returncode}"
-            return {"error": f"{child} failed: {why}", "wall_sec": wall}
-        with open(result_path, encoding="utf-8") as f:
-            result = json.load(f)
-    result["wall_sec"] = wall
+    flags = [f"--paper_batch={args.paper_batch}", f"--baseline_reps={args.baseline_reps}"]
+    for name in ("steps", "score_batch", "score_calls", "score_warmup"):
+        if getattr(args, name) is not None:
+            flags.append(f"--{name}={getattr(args, name)}")
+    result = bench_common.spawn_child(__file__, child, flags)
+    if "SIGKILL" in result.get("error", ""):
+        result["error"] += " (try --paper_batch=16)"
     return result
 
 
@@ -516,26 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         result = _spawn(case, args)
         _add_ratios(result, report["baseline"])
         report["cases"][case] = result
-    text = json.dumps(report, indent=2)
-    print(text)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(out_dir, exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-    busy = [
-        (name, r.get("other_cpus_busy"))
-        for name, r in [("baseline", report["baseline"]), *report["cases"].items()]
-    ]
-    loaded = [f"{name} {b}" for name, b in busy if b is not None and b > 0.1]
-    if loaded:
-        _log(f"other processes used CPUs during: {', '.join(loaded)}; the timings are skewed")
-    failed = [c for c, r in report["cases"].items() if "error" in r] + (
-        ["baseline"] if "error" in base else []
-    )
-    if failed:
-        _log(f"failed: {', '.join(failed)} (see the errors above)")
-        return 1
-    return 0
+    runs = [("baseline", report["baseline"]), *report["cases"].items()]
+    return bench_common.write_report(report, runs, args.out, _log)
 
 
 if __name__ == "__main__":

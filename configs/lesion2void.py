@@ -60,6 +60,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.width = 64  # U-Net base channels (64 -> 31,043,651 parameters).
     c.model.disc_width = 64  # PatchGAN base channels (64 -> 2,765,633 parameters).
+    # Kernel gradients of the convs by matrix products (jaxad.ops.conv): up to 4.6x faster than
+    # XLA's lowering per layer on CPU, the training step 1.4x (batch 8) to 1.6x (batch 32); see
+    # bench/README.md. 'auto' (CPU backend: on the layer shapes where it measured faster; off on
+    # TPU/GPU), True (every layer) or False (XLA's lowering everywhere). It changes
+    # neither the parameters nor the forward pass.
+    c.model.fast_conv_grad = ml_collections.FieldReference("auto", field_type=object)
 
     # Method.
     c.l2v = ml_collections.ConfigDict()

@@ -194,3 +194,22 @@ def test_conv_padding_forms_agree():
     y_pairs = layers.Conv(3, 4, strides=2, padding=((1, 1), (1, 1))).apply(params, x)
     np.testing.assert_array_equal(y_int, y_pairs)
     assert y_int.shape == (1, 4, 4, 3)  # floor((9 + 2 - 4) / 2) + 1, as in PyTorch
+
+
+def test_max_pool_matches_flax_with_ties():
+    """Values, first-maximum gradients (ties included, as after a ReLU) and JVPs of the pool."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 7, 9, 3)), jnp.float32)
+    x = jax.nn.relu(x).at[0, 0, 0, 0].set(5.0).at[0, 1, 1, 0].set(5.0)  # tie inside a window
+
+    def ref(v):
+        return flax.linen.max_pool(v, (2, 2), strides=(2, 2), padding="VALID")
+
+    np.testing.assert_array_equal(layers.max_pool_2x2(x), ref(x))
+    g = jnp.asarray(rng.standard_normal((2, 3, 4, 3)), jnp.float32)
+    got = jax.jit(jax.vjp(layers.max_pool_2x2, x)[1])(g)[0]
+    np.testing.assert_array_equal(got, jax.vjp(ref, x)[1](g)[0])
+    t = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+    np.testing.assert_array_equal(
+        jax.jvp(layers.max_pool_2x2, (x,), (t,))[1], jax.jvp(ref, (x,), (t,))[1]
+    )

@@ -26,7 +26,7 @@ import optax
 
 from jaxad.models.patchgan import PatchGAN
 from jaxad.models.unet import UNet
-from jaxad.ops import fundus_score, lattice
+from jaxad.ops import conv, fundus_score, lattice
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -65,8 +65,14 @@ class Lesion2Void:
         _check_choice("score.image_score", config.score.image_score, IMAGE_SCORES)
         self.cfg = config.l2v
         self.channels = config.data.channels
-        self.generator = UNet(out_channels=config.data.channels, width=config.model.width)
-        self.discriminator = PatchGAN(width=config.model.disc_width, n_layers=3)
+        # 'auto' is resolved here, once, for the backend the models are built on.
+        fast = conv.resolve_fast_kernel_grad(config.model.get("fast_conv_grad", "auto"))
+        self.generator = UNet(
+            out_channels=config.data.channels, width=config.model.width, fast_conv_grad=fast
+        )
+        self.discriminator = PatchGAN(
+            width=config.model.disc_width, n_layers=3, fast_conv_grad=fast
+        )
         self.g_opt = make_optimizer(config.optim)
         self.d_opt = make_optimizer(config.optim)
         self.score_cfg = config.score

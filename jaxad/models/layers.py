@@ -7,8 +7,13 @@ sqrt(6 / ((1 + a^2) fan_in))). Flax's own defaults (lecun-normal kernels, zero b
 the training dynamics.
 
 Every model builds its convolutions from this module, so the convolution primitives themselves
-(`conv2d`, `conv_transpose2d`) can be replaced in one place, e.g. by a faster CPU kernel with a
-custom VJP.
+(`conv2d`, `conv_transpose2d`) are chosen in one place. `conv2d` goes through
+`jaxad.ops.conv.conv2d`, whose `fast_kernel_grad` computes the kernel gradient as matrix
+products, several times faster than XLA's own lowering on CPU (see that module); the `Conv`
+attribute `fast_conv_grad` selects it (True, False, or `conv_ops.BY_SHAPE`: only on the layer
+shapes where it measured faster), and the models pass it down from the method's config
+(`config.model.fast_conv_grad`, resolved by `conv_ops.resolve_fast_kernel_grad`). The forward
+pass is the same either way.
 
 Layout is NHWC. Kernels are HWIO as in `flax.linen` (I = input, O = output channels), for the
 transposed convolution too.
@@ -21,13 +26,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
-from jax import lax
 from jax.typing import DTypeLike
+
+from jaxad.ops import conv as conv_ops
 
 Padding = int | str | Sequence[tuple[int, int]]
 Initializer = jax.nn.initializers.Initializer
-
-_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -77,10 +81,18 @@ def conv2d(
     kernel: jax.Array,
     strides: tuple[int, int],
     padding: str | Sequence[tuple[int, int]],
+    dilation: tuple[int, int] = (1, 1),
+    *,
+    groups: int = 1,
+    fast_grad: bool | str = False,
 ) -> jax.Array:
-    """Cross-correlation of NHWC `x` with an HWIO kernel; every `Conv` goes through here."""
-    return lax.conv_general_dilated(
-        x, kernel, window_strides=strides, padding=padding, dimension_numbers=_DIMENSION_NUMBERS
+    """Cross-correlation of NHWC `x` with an HWIO kernel; every `Conv` goes through here.
+
+    `fast_grad` computes the kernel gradient by matrix products (`jaxad.ops.conv`) instead of
+    XLA's lowering; the forward pass and the input gradient are XLA's either way.
+    """
+    return conv_ops.conv2d(
+        x, kernel, strides, padding, dilation, groups=groups, fast_kernel_grad=fast_grad
     )
 
 
@@ -89,25 +101,63 @@ def conv_transpose2d(
     kernel: jax.Array,
     strides: tuple[int, int],
     padding: Sequence[tuple[int, int]],
+    *,
+    fast_grad: bool | str = False,
 ) -> jax.Array:
     """Transposed conv of NHWC `x` with an HWIO kernel; `padding` as in `lax.conv_transpose`.
 
     When the kernel equals the stride and nothing is cropped (the U-Net's 2x2 / stride 2), the
     output blocks do not overlap and each is a matrix product of one input pixel. That form is
-    computed directly: on CPU, XLA's kernel gradient of the general transposed conv is about 40x
-    slower than its forward pass at U-Net sizes (0.74 s against 0.02 s for 112 -> 224 px, 128 -> 64
-    channels, batch 2); the matrix product's gradient takes 0.01 s.
+    computed directly, as one [N H W, I] x [I, kh kw O] product and a transpose of its result:
+    its gradients are plain matrix products too (on CPU the einsum form's backward pass took 1.6x
+    as long). Otherwise it is `jaxad.ops.conv.conv_transpose2d`, whose `fast_kernel_grad`
+    (`fast_grad` here) replaces XLA's CPU kernel gradient of the general transposed conv, about
+    100x slower than its forward pass (2-3 GFLOP/s at U-Net and PICARD sizes), by matrix
+    products (150-350 GFLOP/s; bench/README.md).
     """
     kh, kw = kernel.shape[:2]
     uncropped = tuple(map(tuple, padding)) == ((kh - 1, kh - 1), (kw - 1, kw - 1))
     if (kh, kw) == tuple(strides) and uncropped:
-        n, h, w, _ = x.shape
+        n, h, w, ci = x.shape
+        co = kernel.shape[-1]
         # As in lax.conv_transpose, offset a within an output block uses kernel row kh - 1 - a.
-        blocks = jnp.einsum("nhwi,abio->nhawbo", x, kernel[::-1, ::-1])
-        return blocks.reshape(n, h * kh, w * kw, kernel.shape[-1])
-    return lax.conv_transpose(
-        x, kernel, strides, padding, dimension_numbers=_DIMENSION_NUMBERS, transpose_kernel=False
-    )
+        weights = kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(ci, kh * kw * co)
+        blocks = jnp.dot(x.reshape(n * h * w, ci), weights).reshape(n, h, w, kh, kw, co)
+        return blocks.transpose(0, 1, 3, 2, 4, 5).reshape(n, h * kh, w * kw, co)
+    return conv_ops.conv_transpose2d(x, kernel, strides, padding, fast_kernel_grad=fast_grad)
+
+
+@jax.custom_jvp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool with stride 2 of NHWC `x` (odd sizes floored), as `nn.max_pool`.
+
+    The derivative follows the first maximum of each window in row-major order, as PyTorch's
+    `max_pool2d` and `nn.max_pool` (XLA's select-and-scatter) do, but is computed elementwise
+    from the four window positions: on CPU, XLA lowers select-and-scatter to a reduce-window
+    that tracks four index arrays, which took about 4% of a Lesion2Void training step at 224 px.
+    """
+    return _windows(x).max(axis=(2, 4))
+
+
+def _windows(x: jax.Array) -> jax.Array:
+    n, h, w, c = x.shape
+    return x[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+
+
+@max_pool_2x2.defjvp
+def _max_pool_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    xw = _windows(x)
+    out = xw.max(axis=(2, 4))
+    hit = xw == out[:, :, None, :, None]
+    # Keep only the first hit of each window, in the order (0, 0), (0, 1), (1, 0), (1, 1).
+    a, b, c, d = hit[:, :, 0, :, 0], hit[:, :, 0, :, 1], hit[:, :, 1, :, 0], hit[:, :, 1, :, 1]
+    b = b & ~a
+    c = c & ~(a | b)
+    d = d & ~(a | b | c)
+    first = jnp.stack([jnp.stack([a, b], axis=3), jnp.stack([c, d], axis=3)], axis=2)
+    t_out = jnp.where(first, _windows(t), jnp.zeros((), t.dtype)).sum(axis=(2, 4))
+    return out, t_out
 
 
 class Conv(nn.Module):
@@ -115,30 +165,55 @@ class Conv(nn.Module):
 
     `padding` follows PyTorch when it is an int p (p zeros on every side, i.e. ((p, p), (p, p)))
     and `lax.conv_general_dilated` otherwise ("VALID", "SAME" or explicit (low, high) pairs). The
-    default 0 is PyTorch's default, not Flax's "SAME".
+    default 0 is PyTorch's default, not Flax's "SAME". `kernel_dilation` and
+    `feature_group_count` are PyTorch's `dilation` and `groups`. `fast_conv_grad` computes the
+    kernel gradient by matrix products (see `conv2d`); it changes neither the parameters nor the
+    forward pass. `kernel_init` / `bias_init` replace PyTorch's default initialisers (e.g. a
+    model that re-initialises its convs, as the MOOD autoencoder does).
     """
 
     features: int
     kernel_size: int | tuple[int, int]
     strides: int | tuple[int, int] = 1
     padding: Padding = 0
+    kernel_dilation: int | tuple[int, int] = 1
+    feature_group_count: int = 1
     use_bias: bool = True
     dtype: DTypeLike | None = None
     param_dtype: DTypeLike = jnp.float32
+    fast_conv_grad: bool | str = False
+    # None: PyTorch's defaults (`torch_conv_kernel_init`, `torch_conv_bias_init`).
+    kernel_init: Initializer | None = None
+    bias_init: Initializer | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel_shape = (*_pair(self.kernel_size), x.shape[-1], self.features)
-        kernel = self.param("kernel", torch_conv_kernel_init(), kernel_shape, self.param_dtype)
+        groups = self.feature_group_count
+        if x.shape[-1] % groups or self.features % groups:
+            raise ValueError(
+                f"feature_group_count={groups} must divide the input ({x.shape[-1]}) and output "
+                f"({self.features}) channels."
+            )
+        kernel_shape = (*_pair(self.kernel_size), x.shape[-1] // groups, self.features)
+        kernel_init = self.kernel_init or torch_conv_kernel_init()
+        kernel = self.param("kernel", kernel_init, kernel_shape, self.param_dtype)
         bias = None
         if self.use_bias:
-            bias_init = torch_conv_bias_init(torch_fan_in(kernel_shape))
+            bias_init = self.bias_init or torch_conv_bias_init(torch_fan_in(kernel_shape))
             bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
         padding = self.padding
         if isinstance(padding, int):
             padding = ((padding, padding), (padding, padding))
-        y = conv2d(x, kernel, _pair(self.strides), padding)
+        y = conv2d(
+            x,
+            kernel,
+            _pair(self.strides),
+            padding,
+            _pair(self.kernel_dilation),
+            groups=groups,
+            fast_grad=self.fast_conv_grad,
+        )
         return y if bias is None else y + bias
 
 
@@ -148,6 +223,7 @@ class ConvTranspose(nn.Module):
     `padding` is PyTorch's: the output is (n - 1) * stride - 2 * padding + kernel per spatial axis.
     The kernel is stored HWIO and applied unflipped (as `flax.linen.ConvTranspose` does); a PyTorch
     weight W of shape (in, out, kh, kw) corresponds to `W.transpose(2, 3, 0, 1)[::-1, ::-1]`.
+    `fast_conv_grad` computes the kernel gradient by matrix products (see `conv_transpose2d`).
     """
 
     features: int
@@ -157,6 +233,7 @@ class ConvTranspose(nn.Module):
     use_bias: bool = True
     dtype: DTypeLike | None = None
     param_dtype: DTypeLike = jnp.float32
+    fast_conv_grad: bool | str = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -173,7 +250,7 @@ class ConvTranspose(nn.Module):
         # alignment for a flipped kernel.
         p = self.padding
         padding = ((kh - 1 - p, kh - 1 - p), (kw - 1 - p, kw - 1 - p))
-        y = conv_transpose2d(x, kernel, _pair(self.strides), padding)
+        y = conv_transpose2d(x, kernel, _pair(self.strides), padding, fast_grad=self.fast_conv_grad)
         return y if bias is None else y + bias
 
 

@@ -7,6 +7,10 @@ convs whose output is concatenated with the encoder feature of the same scale. T
 At `width=64` the channels are 64, 128, 256, 512, 1024 and, with 3 output channels, the network has
 31,043,651 parameters (batch-norm scale and bias included, running statistics excluded), as in the
 paper. Smaller widths keep the same shape for CPU demos.
+
+`fast_conv_grad` is passed down to every `Conv` and `ConvTranspose` (see `jaxad.models.layers`):
+it selects how the kernel gradients are computed and changes neither the parameters nor the
+outputs.
 """
 
 import flax.linen as nn
@@ -14,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from jaxad.models.layers import BatchNorm, Conv, ConvTranspose
+from jaxad.models.layers import BatchNorm, Conv, ConvTranspose, max_pool_2x2
 
 
 class DoubleConv(nn.Module):
@@ -22,11 +26,14 @@ class DoubleConv(nn.Module):
 
     features: int
     dtype: DTypeLike | None = None
+    fast_conv_grad: bool | str = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         for _ in range(2):
-            x = Conv(self.features, 3, padding=1, dtype=self.dtype)(x)
+            x = Conv(
+                self.features, 3, padding=1, dtype=self.dtype, fast_conv_grad=self.fast_conv_grad
+            )(x)
             x = BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
             x = nn.relu(x)
         return x
@@ -37,11 +44,14 @@ class Down(nn.Module):
 
     features: int
     dtype: DTypeLike | None = None
+    fast_conv_grad: bool | str = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-        return DoubleConv(self.features, dtype=self.dtype)(x, train=train)
+        x = max_pool_2x2(x)
+        return DoubleConv(self.features, dtype=self.dtype, fast_conv_grad=self.fast_conv_grad)(
+            x, train=train
+        )
 
 
 def pad_to(x: jax.Array, height: int, width: int) -> jax.Array:
@@ -59,13 +69,23 @@ class Up(nn.Module):
 
     features: int
     dtype: DTypeLike | None = None
+    fast_conv_grad: bool | str = False
 
     @nn.compact
     def __call__(self, x: jax.Array, skip: jax.Array, *, train: bool) -> jax.Array:
-        x = ConvTranspose(x.shape[-1] // 2, 2, strides=2, padding=0, dtype=self.dtype)(x)
+        x = ConvTranspose(
+            x.shape[-1] // 2,
+            2,
+            strides=2,
+            padding=0,
+            dtype=self.dtype,
+            fast_conv_grad=self.fast_conv_grad,
+        )(x)
         x = pad_to(x, skip.shape[1], skip.shape[2])
         x = jnp.concatenate([skip, x], axis=-1)
-        return DoubleConv(self.features, dtype=self.dtype)(x, train=train)
+        return DoubleConv(self.features, dtype=self.dtype, fast_conv_grad=self.fast_conv_grad)(
+            x, train=train
+        )
 
 
 class UNet(nn.Module):
@@ -79,17 +99,18 @@ class UNet(nn.Module):
     out_channels: int = 3
     width: int = 64
     dtype: DTypeLike | None = None
+    fast_conv_grad: bool | str = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        w, dtype = self.width, self.dtype
-        x1 = DoubleConv(w, dtype=dtype, name="inc")(x, train=train)
-        x2 = Down(2 * w, dtype=dtype, name="down1")(x1, train=train)
-        x3 = Down(4 * w, dtype=dtype, name="down2")(x2, train=train)
-        x4 = Down(8 * w, dtype=dtype, name="down3")(x3, train=train)
-        x5 = Down(16 * w, dtype=dtype, name="down4")(x4, train=train)
-        y = Up(8 * w, dtype=dtype, name="up1")(x5, x4, train=train)
-        y = Up(4 * w, dtype=dtype, name="up2")(y, x3, train=train)
-        y = Up(2 * w, dtype=dtype, name="up3")(y, x2, train=train)
-        y = Up(w, dtype=dtype, name="up4")(y, x1, train=train)
-        return Conv(self.out_channels, 1, dtype=dtype, name="outc")(y)
+        w, dtype, fast = self.width, self.dtype, self.fast_conv_grad
+        x1 = DoubleConv(w, dtype=dtype, fast_conv_grad=fast, name="inc")(x, train=train)
+        x2 = Down(2 * w, dtype=dtype, fast_conv_grad=fast, name="down1")(x1, train=train)
+        x3 = Down(4 * w, dtype=dtype, fast_conv_grad=fast, name="down2")(x2, train=train)
+        x4 = Down(8 * w, dtype=dtype, fast_conv_grad=fast, name="down3")(x3, train=train)
+        x5 = Down(16 * w, dtype=dtype, fast_conv_grad=fast, name="down4")(x4, train=train)
+        y = Up(8 * w, dtype=dtype, fast_conv_grad=fast, name="up1")(x5, x4, train=train)
+        y = Up(4 * w, dtype=dtype, fast_conv_grad=fast, name="up2")(y, x3, train=train)
+        y = Up(2 * w, dtype=dtype, fast_conv_grad=fast, name="up3")(y, x2, train=train)
+        y = Up(w, dtype=dtype, fast_conv_grad=fast, name="up4")(y, x1, train=train)
+        return Conv(self.out_channels, 1, dtype=dtype, fast_conv_grad=fast, name="outc")(y)

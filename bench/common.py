@@ -1,0 +1,109 @@
+"""Measurement helpers every benchmark script shares (standard library only).
+
+Each script runs its measurements in child processes (`spawn_child`), so that peak memory, the
+XLA state and caches belong to one measurement, and reports how busy the rest of the machine
+was meanwhile (`OtherLoad`): timings mean something only when that is about 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def peak_rss_bytes(who: int = resource.RUSAGE_SELF) -> int:
+    """Peak resident memory of this process (or of its waited-for children), in bytes."""
+    rss = resource.getrusage(who).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB.
+
+
+class OtherLoad:
+    """Average number of CPUs that other processes kept busy while this one measured.
+
+    Machine-wide busy time from /proc/stat minus this process's own CPU time, over the wall
+    time. Timings are only meaningful on an otherwise idle machine: a value near 0 says it was.
+    None where /proc/stat does not exist.
+    """
+
+    def __init__(self):
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat", encoding="utf-8") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        return time.perf_counter(), busy, own.ru_utime + own.ru_stime
+
+    def cpus(self) -> float | None:
+        end = self._sample()
+        if self._start is None or end is None:
+            return None
+        wall, busy, own = (e - s for e, s in zip(end, self._start, strict=True))
+        return round(max(busy - own, 0.0) / wall, 2) if wall > 0 else None
+
+
+def spawn_child(script: str, child: str, flags: list[str]) -> dict:
+    """Runs `python SCRIPT --_child=CHILD --_result=FILE FLAGS...` and returns its JSON result.
+
+    The child writes its result as JSON to FILE. A failed child gives {"error": why}; either way
+    the result has `wall_sec`, the child's wall time.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        result_path = os.path.join(tmp, "result.json")
+        cmd = [
+            sys.executable,
+            os.path.abspath(script),
+            f"--_child={child}",
+            f"--_result={result_path}",
+            *flags,
+        ]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, check=False)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0 or not os.path.exists(result_path):
+            why = f"exit code {proc.returncode}"
+            if proc.returncode == -9:
+                why = "SIGKILL, most likely the out-of-memory killer"
+            elif proc.returncode < 0:
+                why = f"signal {-proc.returncode}"
+            return {"error": f"{child} failed: {why}", "wall_sec": wall}
+        with open(result_path, encoding="utf-8") as f:
+            result = json.load(f)
+    result["wall_sec"] = wall
+    return result
+
+
+def write_report(report: dict, runs: list[tuple[str, dict]], out: str, log) -> int:
+    """Prints `report`, writes it as JSON to `out` and returns the exit code.
+
+    `runs` are (name, result) of every child: those measured while other processes used CPUs
+    are named through `log` (their timings are skewed), and any failed child makes the exit
+    code 1.
+    """
+    text = json.dumps(report, indent=2)
+    print(text)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    busy = [
+        f"{name} {r['other_cpus_busy']}"
+        for name, r in runs
+        if (r.get("other_cpus_busy") or 0) > 0.1
+    ]
+    if busy:
+        log(f"other processes used CPUs during: {', '.join(busy)}; the timings are skewed")
+    failed = [name for name, r in runs if "error" in r]
+    if failed:
+        log(f"failed: {', '.join(failed)} (see the errors above)")
+        return 1
+    return 0

@@ -28,6 +28,8 @@ setuptools.setup(
         "clu>=0.0.12",
         "absl-py>=2.0",
         "pillow>=10.0",
+        "pydicom>=2.4",  # DICOM (RSNA, Duke DBT)
+        "nibabel>=5.0",  # NIfTI (MOOD)
         "matplotlib>=3.7",
         "scipy>=1.11",
         "tensorboardX>=2.6",

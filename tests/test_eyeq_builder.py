@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data_builders.eyeq import Builder, eyeq_dataset_builder
+from data_builders.eyeq import Builder
 from jaxad.data import build as build_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,14 +134,6 @@ def test_rebuild_is_a_noop(data_dir, tmp_path):
     assert {f: f.stat().st_mtime_ns for f in files} == before
 
 
-def test_validation_names_are_seeded_and_order_free():
-    names = [f"{i}_left" for i in range(200)]
-    chosen = eyeq_dataset_builder._validation_names(names, 0.1, seed=0)
-    assert len(chosen) == 20
-    assert eyeq_dataset_builder._validation_names(names[::-1], 0.1, seed=0) == chosen
-    assert eyeq_dataset_builder._validation_names(names, 0.1, seed=1) != chosen
-
-
 def _broken_copy(raw_dir, tmp_path, remove=None, corrupt=None):
     root = Path(shutil.copytree(raw_dir, tmp_path / "raw"))
     if remove:
@@ -171,11 +163,16 @@ def test_photo_of_unused_quality_may_be_missing(raw_dir, tmp_path):
 
 def test_corrupt_photo_is_named(raw_dir, tmp_path):
     root = _broken_copy(raw_dir, tmp_path, corrupt="test/5_right.jpeg")
-    with pytest.raises(
-        ValueError, match=re.escape(f"Cannot decode image {root / 'test/5_right.jpeg'}")
-    ):
+    with pytest.raises(ValueError, match=re.escape(f"Cannot read {root / 'test/5_right.jpeg'}")):
         build_lib.build("eyeq/good", root, tmp_path / "out")
     assert not (tmp_path / "out" / "eyeq" / "good" / "1.0.0").exists()
+
+
+def test_corrupt_photo_is_skipped_and_counted(raw_dir, tmp_path, caplog):
+    root = _broken_copy(raw_dir, tmp_path, corrupt="test/5_right.jpeg")
+    builder = build_lib.build("eyeq/good", root, tmp_path / "out", on_corrupt="skip")
+    assert builder.info.splits["test"].num_examples == 4  # 5 good-quality test photos, 1 corrupt
+    assert "skipped 1 corrupt file(s), e.g. " + str(root / "test/5_right.jpeg") in caplog.text
 
 
 def test_builder_class_resolves_names():

@@ -132,6 +132,32 @@ def test_to_channels():
     assert transforms.to_channels(rgb, 1).tolist() == np.full((2, 3, 1), 200).tolist()
 
 
+def test_high_bit_depth_images_keep_their_precision():
+    """uint16 and float images are resized and normalised in unit scale, not through 8 bits."""
+    rng = np.random.default_rng(0)
+    unit = rng.random((32, 24, 1)).astype(np.float32)
+    as_u16 = np.round(unit * 65535).astype(np.uint16)
+    for image in (unit.astype(np.float16), as_u16):
+        small = transforms.resize_image(transforms.to_channels(image, 1), (8, 6))
+        assert small.dtype == np.float32 and small.shape == (8, 6, 1)
+        # Pillow's float-mode bilinear equals its 8-bit one up to the 8-bit rounding.
+        ref = transforms.resize_image(transforms.to_uint8(image), (8, 6)) / 255.0
+        np.testing.assert_allclose(small, ref, atol=1 / 255 + 1e-3)
+        # 1/65535 steps survive, which 8 bits would round away.
+        out = transforms.normalize(transforms.to_channels(image, 1), (0.5,), (0.5,))
+        np.testing.assert_allclose(
+            out, 2 * unit - 1, atol=2e-3 if image.dtype == np.float16 else 1e-4
+        )
+    rgb = rng.random((4, 5, 3)).astype(np.float32)
+    grey = transforms.to_channels(rgb, 1)
+    np.testing.assert_allclose(grey[..., 0], rgb @ np.array([0.299, 0.587, 0.114]), rtol=1e-5)
+    assert transforms.to_uint8(np.array([[[-0.5, 0.5, 2.0]]], np.float32)).tolist() == [
+        [[0, 128, 255]]
+    ]
+    with pytest.raises(ValueError, match="uint8, uint16 or float"):
+        transforms.to_channels(np.zeros((2, 2, 1), np.int32), 1)
+
+
 def _flip_of(a, b):
     """Which of the four flips turns a into b (None if none does)."""
     for axes in ((), (1,), (0,), (0, 1)):

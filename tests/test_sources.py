@@ -1,6 +1,8 @@
 """Tests for jaxad.data.sources: MVTec-layout folders, tfds array_record datasets, dispatch."""
 
+import dataclasses
 import pathlib
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -189,18 +191,24 @@ def test_folder_unknown_split(tmp_path):
 TFDS_NAME = "jaxad_test_fundus"
 
 
+@dataclasses.dataclass(eq=False)
+class _Config(tfds.core.BuilderConfig):
+    dtype: Any = np.uint8
+
+
 class JaxadTestFundus(tfds.core.GeneratorBasedBuilder):
-    """Five 9x11 RGB examples; config 'masked' also has lesion masks."""
+    """Five 9x11 RGB examples; config 'masked' also has lesion masks, 'float' float16 images."""
 
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = [
-        tfds.core.BuilderConfig(name="plain"),
-        tfds.core.BuilderConfig(name="masked"),
+        _Config(name="plain"),
+        _Config(name="masked"),
+        _Config(name="float", dtype=np.float16),  # e.g. MRI slices in [0, 1]
     ]
 
     def _info(self):
         features = {
-            "image": tfds.features.Tensor(shape=(9, 11, 3), dtype=np.uint8),
+            "image": tfds.features.Tensor(shape=(9, 11, 3), dtype=self.builder_config.dtype),
             "fov": tfds.features.Tensor(shape=(9, 11, 1), dtype=np.uint8),
             "label": np.int64,
             "grade": np.int64,
@@ -218,7 +226,7 @@ class JaxadTestFundus(tfds.core.GeneratorBasedBuilder):
             fov = np.zeros((9, 11, 1), np.uint8)
             fov[1:-1, 2:-2] = 1
             ex = {
-                "image": np.full((9, 11, 3), 40 * i, np.uint8),
+                "image": np.full((9, 11, 3), 40 * i, np.uint8).astype(self.builder_config.dtype),
                 "fov": fov,
                 "label": int(i > 0),
                 "grade": i,
@@ -234,7 +242,7 @@ class JaxadTestFundus(tfds.core.GeneratorBasedBuilder):
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("tfds")
-    for config in ("plain", "masked"):
+    for config in ("plain", "masked", "float"):
         JaxadTestFundus(
             config=config, data_dir=str(data_dir), file_format="array_record"
         ).download_and_prepare()
@@ -257,6 +265,15 @@ def test_tfds_records(tfds_dir):
     assert isinstance(rec["id"], str)
 
 
+def test_tfds_float_images_stay_float(tfds_dir):
+    src = sources.TfdsSource(f"{TFDS_NAME}/float", "train", data_dir=tfds_dir)
+    rec = next(src[i] for i in range(5) if src[i]["id"] == "img2")
+    assert rec["image"].dtype == np.float32 and rec["image"].max() == 80
+    cfg = _cfg(name="x", tfds_name=f"{TFDS_NAME}/float", data_dir=str(tfds_dir), mean=(0,) * 3)
+    batch = next(pipeline.eval_batches(cfg, "train", local_batch_size=5))
+    assert batch["image"].dtype == np.float32 and batch["image_uint8"].dtype == np.uint8
+
+
 def test_tfds_masks(tfds_dir):
     src = sources.TfdsSource(f"{TFDS_NAME}/masked", "test", data_dir=tfds_dir)
     assert len(src) == 3
@@ -275,14 +292,12 @@ def test_tfds_not_prepared_says_how_to_build(tmp_path):
     assert f"--data_dir={empty}" in msg and "'plain'" in msg and ":demo" in msg
 
 
-def test_tfds_eyeq_not_prepared_lists_manual_files(tmp_path):
+def test_tfds_eyeq_not_prepared_points_to_the_layout(tmp_path):
     with pytest.raises(sources.DatasetNotPreparedError) as e:
         sources.TfdsSource("eyeq/good", "train", data_dir=tmp_path)
     msg = str(e.value)
     assert "python -m jaxad.data.build eyeq/good" in msg and str(tmp_path) in msg
-    for raw in ("train/*.jpeg", "test/*.jpeg", "Label_EyeQ_train.csv", "Label_EyeQ_test.csv"):
-        assert raw in msg
-    assert "data_builders/eyeq/README.md" in msg
+    assert "PATH holds the raw files laid out as data_builders/eyeq/README.md says" in msg
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,23 +8,17 @@ its EyeQ field-of-view mask (`data_builders.fundus.fov_mask`).
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
-import csv
 import dataclasses
 import functools
-import hashlib
 import io
-import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 from PIL import Image
 
-from data_builders import fundus
+from data_builders import common, fundus
 
 QUALITIES = ("good", "usable", "reject")
 _SPLITS = {"train": "train", "test": "test"}  # EyeQ split -> EyePACS folder holding its photos
@@ -47,9 +41,6 @@ data/Label_EyeQ_test.csv of https://github.com/HzFu/EyeQ. See data_builders/eyeq
 
 {_LAYOUT}"""
 
-_T = TypeVar("_T")
-_R = TypeVar("_R")
-
 
 @dataclasses.dataclass(eq=False)
 class EyeqConfig(tfds.core.BuilderConfig):
@@ -69,7 +60,7 @@ class _Record:
     quality: int
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(common.ManualBuilder):
     """EyeQ fundus photos (EyePACS) with DR grades, EyeQ quality and FOV masks."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -88,11 +79,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     ]
     DEFAULT_CONFIG_NAME = "good"
     MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
-
-    def __init__(self, *, num_workers: int | None = None, **kwargs: Any):
-        """`num_workers` threads preprocess photos (default: the CPU count, at most 16)."""
-        super().__init__(**kwargs)
-        self._num_workers = num_workers or min(16, os.cpu_count() or 1)
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
@@ -134,7 +120,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
         normal = [r for r in train if r.grade == 0]
         # EyeQ has no validation split and Lesion2Void's is unpublished, so draw our own.
-        held_out = _validation_names([r.name for r in normal], config.val_fraction, config.seed)
+        held_out = common.hash_split([r.name for r in normal], config.val_fraction, config.seed)
         return {
             "train": self._generate_examples([r for r in normal if r.name not in held_out]),
             "validation": self._generate_examples([r for r in normal if r.name in held_out]),
@@ -144,7 +130,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, records: Sequence[_Record]):
         process = functools.partial(_process, size=self.builder_config.image_size)
-        for record, (image, fov) in _ordered_map(process, records, self._num_workers):
+        for record, result in common.ordered_map(process, records, self._num_workers):
+            if isinstance(result, Exception):
+                self._corrupt.handle(record.path, result)
+                continue
+            image, fov = result
             yield (
                 record.name,
                 {
@@ -156,28 +146,22 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     "id": record.name,
                 },
             )
+        self._corrupt.report(f"eyeq/{self.builder_config.name}")
 
 
 def _read_split(root: epath.Path, split: str) -> list[_Record]:
     """Reads Label_EyeQ_<split>.csv (columns: unnamed index, image, quality, DR_grade)."""
     path = root / f"Label_EyeQ_{split}.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"EyeQ label file not found: {path}\n{_LAYOUT}")
+    rows = common.read_csv(path, _CSV_COLUMNS, _LAYOUT, what="EyeQ label file")
     folder = root / _SPLITS[split]
     records = []
-    with path.open() as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in _CSV_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(
-                f"{path} lacks the columns {missing}; EyeQ's header is ',image,quality,DR_grade'."
-            )
-        for line, row in enumerate(reader, start=2):
-            grade, quality = int(row["DR_grade"]), int(row["quality"])
-            if grade not in range(5) or quality not in range(3):
-                raise ValueError(f"{path}:{line}: DR_grade must be 0-4 and quality 0-2: {row}")
-            image = row["image"]
-            records.append(_Record(image.rsplit(".", 1)[0], folder / image, grade, quality))
+    for line, row in enumerate(rows, start=2):
+        grade = common.parse_int(row["DR_grade"], path, line, "DR_grade")
+        quality = common.parse_int(row["quality"], path, line, "quality")
+        if grade not in range(5) or quality not in range(3):
+            raise common.RawDataError(f"{path}:{line}: DR_grade must be 0-4 and quality 0-2: {row}")
+        image = row["image"]
+        records.append(_Record(image.rsplit(".", 1)[0], folder / image, grade, quality))
     return records
 
 
@@ -196,27 +180,17 @@ def _check_images_exist(root: epath.Path, split: str, records: Sequence[_Record]
         )
 
 
-def _validation_names(names: Sequence[str], fraction: float, seed: int) -> set[str]:
-    """Returns round(fraction * len(names)) names, chosen by a seeded hash of each name.
+def _process(record: _Record, size: int) -> tuple[bytes, bytes] | Exception:
+    """Returns the cropped photo as JPEG bytes and its FOV mask as PNG bytes.
 
-    Hashing rather than a numpy draw keeps the split identical across numpy versions and
-    independent of the order of `names`.
+    An undecodable photo is returned as its exception, for the builder's `on_corrupt` policy.
     """
-
-    def rank(name: str) -> str:
-        return hashlib.sha256(f"{seed}/{name}".encode()).hexdigest()
-
-    return set(sorted(sorted(names), key=rank)[: round(fraction * len(names))])
-
-
-def _process(record: _Record, size: int) -> tuple[bytes, bytes]:
-    """Returns the cropped photo as JPEG bytes and its FOV mask as PNG bytes."""
     try:
         with record.path.open("rb") as f, Image.open(f) as img:
             img.load()  # Decode now, so a truncated file fails here, with its name.
             cropped = fundus.crop_border(img, size)
     except (OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"Cannot decode image {record.path}: {err}") from err
+        return err
     try:
         mask = fundus.fov_mask(cropped)
     except ValueError:
@@ -228,29 +202,3 @@ def _process(record: _Record, size: int) -> tuple[bytes, bytes]:
     fov = io.BytesIO()
     Image.fromarray(mask).save(fov, format="PNG")
     return image.getvalue(), fov.getvalue()
-
-
-def _ordered_map(
-    fn: Callable[[_T], _R], items: Iterable[_T], num_workers: int
-) -> Iterator[tuple[_T, _R]]:
-    """Yields (item, fn(item)) in order, computing up to 4 * num_workers results ahead.
-
-    Threads suffice: decoding, blurring and resizing run in Pillow's C code without the GIL.
-    """
-    if num_workers <= 1:
-        for item in items:
-            yield item, fn(item)
-        return
-    pool = concurrent.futures.ThreadPoolExecutor(num_workers)
-    pending: collections.deque = collections.deque()
-    try:
-        for item in items:
-            pending.append((item, pool.submit(fn, item)))
-            if len(pending) >= 4 * num_workers:
-                done, future = pending.popleft()
-                yield done, future.result()
-        while pending:
-            done, future = pending.popleft()
-            yield done, future.result()
-    finally:
-        pool.shutdown(cancel_futures=True)

@@ -71,12 +71,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("name", metavar="NAME[/CONFIG]", help="e.g. eyeq or eyeq/all")
     parser.add_argument("--manual_dir", required=True, help="folder holding the raw files")
     parser.add_argument("--data_dir", default=None, help="output root (tfds' default if unset)")
+    parser.add_argument(
+        "--on_corrupt",
+        choices=("fail", "skip"),
+        default="fail",
+        help="an unreadable raw image stops the build (fail) or is left out, logged and counted",
+    )
+    parser.add_argument(
+        "--num_workers", type=int, default=None, help="preprocessing threads (default: CPUs)"
+    )
     args = parser.parse_args(argv)
     try:
         builder_class(args.name)
     except ValueError as err:
         parser.error(str(err))
-    builder = build(args.name, args.manual_dir, args.data_dir)
+    builder = build(
+        args.name,
+        args.manual_dir,
+        args.data_dir,
+        on_corrupt=args.on_corrupt,
+        num_workers=args.num_workers,
+    )
     sizes = ", ".join(f"{split} {info.num_examples}" for split, info in builder.info.splits.items())
     print(f"{builder.info.full_name} is in {builder.data_dir}: {sizes}")
 

@@ -137,7 +137,7 @@ def _eval_example(
     rec = _resized(rec, size=size, channels=channels)
     return {
         "image": transforms.normalize(rec["image"], mean, std),
-        "image_uint8": rec["image"],
+        "image_uint8": transforms.to_uint8(rec["image"]),
         "fov": rec["fov"].astype(np.float32),
         "mask": rec["mask"].astype(np.float32),
         "label": np.int32(rec["label"]),

@@ -6,7 +6,9 @@ Every source has ``__len__`` and ``__getitem__`` (so grain can read it with
 =========  ====================  ==============================================================
 key        type                  meaning
 =========  ====================  ==============================================================
-image      uint8 [H, W, C]       C is 1 or 3
+image      uint8 [H, W, C]       C is 1 or 3; uint16 or float32 for data with more than 8 bits
+                                 (tfds datasets storing them), read in unit scale by
+                                 `jaxad.data.transforms`
 mask       uint8 [H, W]          ground-truth anomaly mask in {0, 1}; zeros when there is none
 fov        uint8 [H, W]          field of view in {0, 1}; ones when unknown
 label      int32                 0 normal, 1 anomalous, -1 unknown
@@ -24,6 +26,7 @@ Sources:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 from collections.abc import Mapping
@@ -46,12 +49,6 @@ FOLDER_LAYOUT = (
 
 # Raw files a manual-download builder needs in --manual_dir, by dataset name. A new builder with
 # MANUAL_DOWNLOAD_INSTRUCTIONS adds one line here so that the "not prepared" error says what to get.
-MANUAL_DOWNLOAD_FILES = {
-    "eyeq": (
-        "the EyePACS images train/*.jpeg and test/*.jpeg and the EyeQ label tables "
-        "Label_EyeQ_train.csv and Label_EyeQ_test.csv; see data_builders/eyeq/README.md"
-    ),
-}
 
 
 class ImageReadError(OSError):
@@ -295,8 +292,8 @@ def not_prepared_message(name: str, data_dir: str | os.PathLike | None) -> str:
         f"{what} is not prepared in data_dir {data_dir}. Build it with: "
         f"python -m jaxad.data.build {build_name} --manual_dir=PATH --data_dir={data_dir}"
     )
-    if base in MANUAL_DOWNLOAD_FILES:
-        text += f" (PATH holds {MANUAL_DOWNLOAD_FILES[base]})"
+    if base.isidentifier() and importlib.util.find_spec(f"data_builders.{base}") is not None:
+        text += f" (PATH holds the raw files laid out as data_builders/{base}/README.md says)"
     text += ". Configs run with ':demo' need no download."
     return text
 
@@ -338,7 +335,9 @@ class TfdsSource:
         return self._to_common(self._source[index], index)
 
     def _to_common(self, ex: Mapping[str, Any], index: int) -> dict[str, Any]:
-        image = np.asarray(ex["image"], dtype=np.uint8)
+        image = np.asarray(ex["image"])
+        if image.dtype not in (np.uint8, np.uint16):
+            image = image.astype(np.float32)  # float16 slices (MOOD) and float32 alike
         if image.ndim == 2:
             image = image[..., None]
         h, w = image.shape[:2]

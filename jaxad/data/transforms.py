@@ -4,6 +4,12 @@ The record is the dict described in `jaxad.data.sources`. `resize_record` turns 
 resized form the pipeline batches: ``image`` uint8 [S, S, C], ``mask`` uint8 [S, S] and ``fov``
 float32 [S, S] in [0, 1]. Random transforms take a ``np.random.Generator`` so that grain can seed
 them per record.
+
+Images are uint8 (photos, X-rays) or, for data with more than 8 bits (MRI and CT slices, 16-bit
+mammography), uint16 or float. Those are read in "unit scale" (`unit_float`: uint16 / 65535,
+floats as stored, e.g. MOOD's [0, 1] intensities) as float32 and resized in Pillow's float mode
+with the same antialiased bilinear filter, so no precision is lost to 8 bits; `normalize`
+divides uint8 by 255 and leaves floats as they are.
 """
 
 from __future__ import annotations
@@ -22,31 +28,63 @@ def _size_hw(size: int | Sequence[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
+# ITU-R 601-2 luma, the weights of Pillow's ``convert("L")``.
+_LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
+
+
+def unit_float(image: np.ndarray) -> np.ndarray:
+    """A uint16 or float image as float32 in unit scale (uint16 / 65535; floats unchanged)."""
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / np.float32(65535.0)
+    if np.issubdtype(image.dtype, np.floating):
+        return image.astype(np.float32, copy=False)
+    raise ValueError(f"images must be uint8, uint16 or float, got {image.dtype}")
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """An image as uint8 for display: uint8 unchanged, others from unit scale, clipped to [0, 1]."""
+    if image.dtype == np.uint8:
+        return image
+    return np.round(np.clip(unit_float(image), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """uint8 [H, W, C] with C in {1, 3} -> uint8 [H, W, channels].
+    """[H, W, C] with C in {1, 3} -> [H, W, channels], uint8 or float32 in unit scale.
 
     Greyscale is repeated into RGB; RGB becomes greyscale with Pillow's ITU-R 601-2 luma, as
-    ``Image.convert("L")`` does for folder images.
+    ``Image.convert("L")`` does for folder images (the same weights for float images).
     """
+    if image.dtype != np.uint8:
+        image = unit_float(image)
     c = image.shape[-1]
     if c == channels:
         return image
     if c == 1 and channels == 3:
         return np.repeat(image, 3, axis=-1)
     if c == 3 and channels == 1:
+        if image.dtype != np.uint8:
+            return (image @ _LUMA)[..., None]
         return np.asarray(Image.fromarray(image, "RGB").convert("L"), dtype=np.uint8)[..., None]
     raise ValueError(f"cannot convert an image with {c} channels to {channels}")
 
 
 def resize_image(image: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
-    """uint8 [H, W, C] -> uint8 [S, S, C] with Pillow bilinear.
+    """uint8 [H, W, C] -> uint8 [S, S, C] with Pillow bilinear (float32 -> float32 likewise).
 
     Pillow's bilinear filter widens with the downscale factor (it is antialiased), so this equals
-    torchvision's ``Resize`` on PIL images, which the reference implementations use.
+    torchvision's ``Resize`` on PIL images, which the reference implementations use. Float
+    images are resized channel by channel in Pillow's 32-bit float mode "F", as the MOOD
+    solution resizes its float slices.
     """
     h, w = _size_hw(size)
     if image.shape[:2] == (h, w):
         return image
+    if image.dtype != np.uint8:
+        channels = [
+            np.asarray(Image.fromarray(image[..., c], "F").resize((w, h), Image.BILINEAR))
+            for c in range(image.shape[-1])
+        ]
+        return np.stack(channels, axis=-1).astype(np.float32)
     if image.shape[-1] == 1:
         out = Image.fromarray(image[..., 0], "L").resize((w, h), Image.BILINEAR)
         return np.asarray(out, dtype=np.uint8)[..., None]
@@ -119,13 +157,18 @@ def random_flips(
     return out
 
 
-def normalize(image_uint8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """uint8 [..., C] -> float32 ``(x / 255 - mean) / std`` per channel (ToTensor + Normalize)."""
-    c = image_uint8.shape[-1]
+def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 [..., C] -> float32 ``(x / 255 - mean) / std`` per channel (ToTensor + Normalize).
+
+    Float images (unit scale, see `unit_float`) give ``(x - mean) / std``.
+    """
+    c = image.shape[-1]
     mean = np.asarray(mean, dtype=np.float32)
     std = np.asarray(std, dtype=np.float32)
     if mean.shape != (c,) or std.shape != (c,):
         raise ValueError(
             f"mean and std need one value per channel ({c}), got {mean.tolist()}, {std.tolist()}"
         )
-    return (image_uint8.astype(np.float32) / np.float32(255.0) - mean) / std
+    if image.dtype != np.uint8:
+        return (unit_float(image) - mean) / std
+    return (image.astype(np.float32) / np.float32(255.0) - mean) / std

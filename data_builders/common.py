@@ -17,10 +17,11 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import csv
+import dataclasses
 import hashlib
 import io
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -80,12 +81,40 @@ class CorruptFiles:
         self.skipped = []
 
 
+@dataclasses.dataclass(frozen=True)
+class Unreadable:
+    """A raw file that failed to decode, returned (not raised) by a worker for `CorruptFiles`."""
+
+    path: epath.Path
+    error: Exception
+
+
 def require_file(path: epath.PathLike, what: str, layout: str) -> epath.Path:
     """Returns `path` if it exists, else raises FileNotFoundError naming it and the layout."""
     path = epath.Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} not found: {path}\n{layout}")
     return path
+
+
+def require_listed_files(
+    folder: epath.Path, paths: Sequence[epath.Path], listing: str, layout: str, *, what: str
+) -> None:
+    """Fails before any decoding if `folder` (named `what`) or one of `paths` in it is missing.
+
+    `paths` are the photos that the file named `listing` lists; the error names the first missing
+    one and counts them all, followed by the layout.
+    """
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} not found: {folder}\n{layout}")
+    present = {p.name for p in folder.iterdir()}
+    absent = [p for p in paths if p.name not in present]
+    if absent:
+        # A missing photo usually means an incompletely extracted (multi-part) archive.
+        raise FileNotFoundError(
+            f"Image not found: {absent[0]} ({len(absent)} of the {len(paths)} photos listed "
+            f"in {listing} are missing from {folder}).\n{layout}"
+        )
 
 
 def read_csv(
@@ -98,7 +127,8 @@ def read_csv(
       RawDataError: a column is missing (naming the file, the columns found and those expected).
     """
     path = require_file(path, what, layout)
-    with path.open() as f:
+    # utf-8-sig: a CSV saved by a spreadsheet may start with a byte-order mark.
+    with path.open(encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in columns if c not in header]
@@ -112,24 +142,62 @@ def read_csv(
 
 def parse_int(value: str, path: epath.PathLike, line: int, column: str) -> int:
     """int(value), or RawDataError naming the file, line and column."""
+    return _parse(lambda v: int(float(v)), value, path, line, column)
+
+
+def parse_float(value: str, path: epath.PathLike, line: int, column: str) -> float:
+    """float(value), or RawDataError naming the file, line and column."""
+    return _parse(float, value, path, line, column)
+
+
+def _parse(
+    convert: Callable[[str], _R], value: str, path: epath.PathLike, line: int, column: str
+) -> _R:
     try:
-        return int(float(value))
+        return convert(value)
     except ValueError:
         raise RawDataError(f"{path}:{line}: column {column!r} is not a number: {value!r}") from None
 
 
-def hash_split(names: Iterable[str], fraction: float, seed: int) -> set[str]:
-    """Returns round(fraction * len(names)) of `names`, chosen by a seeded hash of each name.
+def hash_rank(names: Iterable[str], seed: int) -> list[str]:
+    """The distinct `names` ordered by a seeded hash of each (SHA-256 of "<seed>/<name>").
 
-    Hashing rather than a numpy draw keeps the split identical across numpy versions and
+    Hashing rather than a numpy draw keeps the order identical across numpy versions and
     independent of the order of `names`.
     """
-    names = sorted(set(names))
 
     def rank(name: str) -> str:
         return hashlib.sha256(f"{seed}/{name}".encode()).hexdigest()
 
-    return set(sorted(names, key=rank)[: round(fraction * len(names))])
+    return sorted(sorted(set(names)), key=rank)
+
+
+def hash_split(names: Iterable[str], fraction: float, seed: int) -> set[str]:
+    """Returns round(fraction * len(names)) of `names`: the first ones in `hash_rank` order."""
+    ranked = hash_rank(names, seed)
+    return set(ranked[: round(fraction * len(ranked))])
+
+
+def hash_splits(
+    names: Iterable[str], fractions: Mapping[str, float], seed: int, *, rest: str
+) -> dict[str, set[str]]:
+    """Cuts the `hash_rank` order of `names` into consecutive blocks, one per entry of `fractions`.
+
+    Block i ends at round(c * n), c the sum of the first i + 1 fractions and n the number of
+    names; the names after the last block form the split `rest`. With fractions f1, f2, ... the
+    first block is `hash_split(names, f1, seed)`, the first two together
+    `hash_split(names, f1 + f2, seed)`, and so on: changing a fraction keeps the blocks before it.
+    """
+    ranked = hash_rank(names, seed)
+    splits: dict[str, set[str]] = {}
+    start, total = 0, 0.0
+    for name, fraction in fractions.items():
+        total += fraction
+        end = max(start, round(total * len(ranked)))
+        splits[name] = set(ranked[start:end])
+        start = end
+    splits[rest] = set(ranked[start:])
+    return splits
 
 
 def ordered_map(

@@ -7,13 +7,28 @@ Pillow and scipy (no OpenCV):
   (the Kaggle diabetic retinopathy "o_O" team's crop), then a Lanczos resize to a square.
 - `fov_mask`: the field-of-view circle of the EyeQ preprocessing, whose masks Lesion2Void used.
   `circle_mask` is the simpler fixed circle that Lesion2Void's README offers as an alternative.
+
+`process_photo` does both for one photo file and encodes the result as the builders store it
+(`encode_photo`).
 """
 
 from __future__ import annotations
 
+import io
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
 import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+from etils import epath
 from PIL import Image, ImageFilter
 from scipy import ndimage
+
+from data_builders import common
+
+_R = TypeVar("_R", bound=Any)  # a record with a `path`
 
 # Pixels must exceed the border's brightest value by this much to count as retina.
 _BACKGROUND_MARGIN = 10
@@ -27,9 +42,95 @@ def crop_border(img: Image.Image, size: int = 512) -> Image.Image:
     """
     if img.mode != "RGB":
         img = img.convert("RGB")
-    box = _foreground_box(img) or _square_box(*img.size)
     # Lanczos is the filter Pillow < 10 called ANTIALIAS, which the original crop used.
-    return img.crop(box).resize((size, size), Image.Resampling.LANCZOS)
+    return img.crop(crop_box(img)).resize((size, size), Image.Resampling.LANCZOS)
+
+
+def photo_features(size: int | None, *, grades: bool = True) -> dict[str, Any]:
+    """The tfds features of a border-cropped photo: `image`, `fov` and, with `grades`, the DR
+    `label` (0 grade 0, 1 grades 1-4) and `grade`. `size` None: photos of any size."""
+    hw = (size, size) if size else (None, None)
+    features = {
+        "image": tfds.features.Image(
+            shape=(*hw, 3),
+            encoding_format="jpeg",
+            doc="Border-cropped fundus photo" + (", Lanczos-resized." if size else "."),
+        ),
+        "fov": tfds.features.Image(
+            shape=(*hw, 1),
+            encoding_format="png",
+            doc="Field of view, 1 inside the fitted circle and 0 outside.",
+        ),
+    }
+    if grades:
+        features["label"] = tfds.features.ClassLabel(
+            names=["normal", "dr"], doc="0: DR grade 0, 1: DR grade 1-4."
+        )
+        features["grade"] = tfds.features.ClassLabel(
+            num_classes=5, doc="DR grade (0 none, 1 mild, 2 moderate, 3 severe, 4 proliferative)."
+        )
+    return features
+
+
+def crop_box(img: Image.Image) -> tuple[int, int, int, int]:
+    """The box (left, upper, right, lower) that `crop_border` crops from an RGB `img`.
+
+    Builders that crop masks along with the photo (IDRiD) need it; `crop_border` only returns
+    the crop.
+    """
+    return _foreground_box(img) or _square_box(*img.size)
+
+
+def encode_photo(img: Image.Image, path: os.PathLike | str) -> tuple[bytes, bytes]:
+    """JPEG bytes of a cropped photo and PNG bytes of its EyeQ field of view.
+
+    A photo without a field of view to fit (`fov_mask` fails) gets the centred circle, with a
+    warning naming `path`. JPEG quality 100 without chroma subsampling, as Lesion2Void saved its
+    crops.
+    """
+    try:
+        fov = fov_mask(img)
+    except ValueError:
+        logging.warning("No field of view found in %s; using a centred circle.", path)
+        fov = circle_mask(img.height, img.width)
+    image = io.BytesIO()
+    img.save(image, format="JPEG", quality=100, subsampling=0)
+    mask = io.BytesIO()
+    Image.fromarray(fov).save(mask, format="PNG")
+    return image.getvalue(), mask.getvalue()
+
+
+def process_photo(path: epath.PathLike, size: int) -> tuple[bytes, bytes] | Exception:
+    """`crop_border` and `encode_photo` of one photo file: (JPEG, FOV PNG) bytes.
+
+    An undecodable photo is returned as its exception, for the builder's `on_corrupt` policy.
+    """
+    try:
+        with epath.Path(path).open("rb") as f, Image.open(f) as img:
+            img.load()  # Decode now, so a truncated file fails here, with its name.
+            cropped = crop_border(img, size)
+    except (OSError, SyntaxError, ValueError) as err:
+        return err
+    return encode_photo(cropped, path)
+
+
+def processed_photos(
+    records: Iterable[_R], size: int, num_workers: int, corrupt: common.CorruptFiles
+) -> Iterator[tuple[_R, bytes, bytes]]:
+    """(record, JPEG, FOV PNG) of `process_photo(record.path, size)` for each record, in order.
+
+    Photos are processed on `num_workers` threads; an unreadable one goes to `corrupt` (which
+    raises, or skips and counts it).
+    """
+
+    def process(record: _R) -> tuple[bytes, bytes] | Exception:
+        return process_photo(record.path, size)
+
+    for record, result in common.ordered_map(process, records, num_workers):
+        if isinstance(result, Exception):
+            corrupt.handle(record.path, result)
+        else:
+            yield record, *result
 
 
 def _foreground_box(img: Image.Image) -> tuple[int, int, int, int] | None:

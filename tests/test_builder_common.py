@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from etils import epath
 
 from data_builders import common
 from jaxad.data import build as build_lib
@@ -21,6 +22,49 @@ def test_hash_split_is_seeded_and_order_free():
     assert common.hash_split(names, 0.1, seed=1) != chosen
 
 
+def test_hash_rank_known_answer():
+    names = [f"n{i}" for i in range(10)]
+    ranked = ["n1", "n0", "n5", "n8", "n4", "n6", "n7", "n3", "n9", "n2"]
+    assert common.hash_rank(names, seed=0) == ranked
+    assert common.hash_rank(names[::-1] + names[:3], seed=0) == ranked  # order and repeats
+    assert common.hash_rank(names, seed=1)[:3] == ["n6", "n1", "n2"]
+    assert common.hash_split(names, 0.3, seed=0) == set(ranked[:3])
+
+
+def test_hash_splits_cuts_consecutive_blocks():
+    names = [f"n{i}" for i in range(10)]
+    ranked = common.hash_rank(names, seed=0)
+    splits = common.hash_splits(names, {"test": 0.2, "validation": 0.3}, seed=0, rest="train")
+    assert splits == {
+        "test": {"n1", "n0"},
+        "validation": {"n5", "n8", "n4"},
+        "train": set(ranked[5:]),
+    }
+    assert splits["test"] | splits["validation"] == common.hash_split(names, 0.5, seed=0)
+    # Each cut rounds its running total half to even: 1.5 -> 2 and 2.5 -> 2.
+    splits = common.hash_splits(names, {"test": 0.15, "validation": 0.1}, seed=0, rest="train")
+    assert splits == {"test": {"n1", "n0"}, "validation": set(), "train": set(ranked[2:])}
+    assert common.hash_splits([], {"a": 0.5}, seed=0, rest="b") == {"a": set(), "b": set()}
+
+
+def test_parse_numbers_name_the_file_line_and_column(tmp_path):
+    path = tmp_path / "boxes.csv"
+    assert common.parse_float("2.5", path, 2, "x") == 2.5
+    assert common.parse_float("1e3", path, 2, "x") == 1000.0
+    assert common.parse_int("3.0", path, 2, "x") == 3
+    for parse in (common.parse_float, common.parse_int):
+        with pytest.raises(common.RawDataError) as error:
+            parse("left", path, 7, "x")
+        assert str(error.value) == f"{path}:7: column 'x' is not a number: 'left'"
+
+
+def test_unreadable_holds_the_path_and_the_error():
+    error = OSError("truncated")
+    failure = common.Unreadable(epath.Path("/x.png"), error)
+    assert (failure.path, failure.error) == (epath.Path("/x.png"), error)
+    assert failure == common.Unreadable(epath.Path("/x.png"), error)
+
+
 def test_read_csv_names_the_file_and_the_columns(tmp_path):
     path = tmp_path / "labels.csv"
     with pytest.raises(FileNotFoundError, match=re.escape(f"label file not found: {path}\nLAYOUT")):
@@ -34,6 +78,24 @@ def test_read_csv_names_the_file_and_the_columns(tmp_path):
         common.read_csv(path, ["a", "c"], "LAYOUT")
     with pytest.raises(common.RawDataError, match=re.escape(f"{path}:3: column 'b' is not")):
         common.parse_int("y", path, 3, "b")
+
+
+def test_require_listed_files_names_the_first_missing_one(tmp_path):
+    folder = epath.Path(tmp_path / "train")
+    paths = [folder / f"{i}.jpeg" for i in range(4)]
+    with pytest.raises(FileNotFoundError) as error:
+        common.require_listed_files(folder, paths, "labels.csv", "LAYOUT", what="Photo folder")
+    assert str(error.value) == f"Photo folder not found: {folder}\nLAYOUT"
+    folder.mkdir()
+    for path in paths[::2]:
+        path.write_bytes(b"")
+    common.require_listed_files(folder, paths[::2], "labels.csv", "LAYOUT", what="Photo folder")
+    with pytest.raises(FileNotFoundError) as error:
+        common.require_listed_files(folder, paths, "labels.csv", "LAYOUT", what="Photo folder")
+    assert str(error.value) == (
+        f"Image not found: {paths[1]} (2 of the 4 photos listed in labels.csv are missing from "
+        f"{folder}).\nLAYOUT"
+    )
 
 
 def test_corrupt_files_policy(tmp_path, caplog):

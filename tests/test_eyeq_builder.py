@@ -2,76 +2,30 @@
 
 import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
+import builder_testing
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from data_builders.eyeq import Builder
+from data_builders.eyeq import Builder, fake_data
 from jaxad.data import build as build_lib
 
-REPO = Path(__file__).resolve().parents[1]
-
-# (EyePACS name, EyeQ quality 0/1/2, DR grade) as in Label_EyeQ_{train,test}.csv.
-TRAIN_ROWS = (
-    [(f"{10 + i}_left", 0, 0) for i in range(10)]
-    + [(f"{30 + g}_right", 0, g) for g in range(1, 5)]
-    + [("40_left", 1, 0), ("41_left", 1, 0), ("42_left", 2, 0), ("43_left", 1, 2)]
-)
-TEST_ROWS = [(f"{1 + i}_left", 0, 0) for i in range(3)] + [
-    ("5_right", 0, 2),
-    ("6_right", 0, 4),
-    ("7_left", 1, 0),
-    ("8_left", 2, 3),
-]
-
-
-def _write_photo(path, rng):
-    """A small EyePACS-like photo: 4:3, a reddish disc, black borders left and right."""
-    h, w = 120, 160
-    rows, cols = np.mgrid[:h, :w]
-    disc = (rows - h / 2) ** 2 + (cols - w / 2) ** 2 <= (0.47 * h) ** 2
-    img = np.zeros((h, w, 3), np.float64)
-    img[disc] = rng.uniform([120, 40, 10], [200, 90, 40])
-    img[disc] += rng.normal(0, 5, (disc.sum(), 3))
-    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
-
-
-def _write_raw(root):
-    rng = np.random.default_rng(0)
-    for split, rows in (("train", TRAIN_ROWS), ("test", TEST_ROWS)):
-        (root / split).mkdir(parents=True)
-        lines = [",image,quality,DR_grade"]
-        for i, (name, quality, grade) in enumerate(rows):
-            lines.append(f"{i},{name}.jpeg,{quality},{grade}")
-            _write_photo(root / split / f"{name}.jpeg", rng)
-        (root / f"Label_EyeQ_{split}.csv").write_text("\n".join(lines) + "\n")
-    return root
+TRAIN_ROWS, TEST_ROWS = fake_data.TRAIN_ROWS, fake_data.TEST_ROWS
 
 
 @pytest.fixture(scope="module")
 def raw_dir(tmp_path_factory):
-    return _write_raw(tmp_path_factory.mktemp("eyeq_raw"))
+    root = tmp_path_factory.mktemp("eyeq_raw")
+    fake_data.write(root)
+    return root
 
 
 @pytest.fixture(scope="module")
 def data_dir(raw_dir, tmp_path_factory):
     """Builds `good` from Python and `all` through the command line."""
     out = tmp_path_factory.mktemp("tfds")
-    build_lib.build("eyeq/good", raw_dir, out)
-    subprocess.run(
-        [sys.executable, "-m", "jaxad.data.build", "eyeq/all"]
-        + [f"--manual_dir={raw_dir}", f"--data_dir={out}"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
-    return out
+    return builder_testing.build_both_ways(raw_dir, out, ["eyeq/good"], "eyeq/all")
 
 
 @pytest.mark.parametrize(
@@ -127,22 +81,11 @@ def test_read_without_builder_code(data_dir):
 
 
 def test_rebuild_is_a_noop(data_dir, tmp_path):
-    files = sorted((data_dir / "eyeq" / "good" / "1.0.0").iterdir())
-    before = {f: f.stat().st_mtime_ns for f in files}
-    # The raw files are not even read again.
-    build_lib.build("eyeq/good", tmp_path / "gone", data_dir)
-    assert {f: f.stat().st_mtime_ns for f in files} == before
+    builder_testing.assert_rebuild_is_a_noop("eyeq/good", data_dir, tmp_path)
 
 
 def _broken_copy(raw_dir, tmp_path, remove=None, corrupt=None):
-    root = Path(shutil.copytree(raw_dir, tmp_path / "raw"))
-    if remove:
-        path = root / remove
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    if corrupt:
-        data = (root / corrupt).read_bytes()
-        (root / corrupt).write_bytes(data[: len(data) // 2])  # a truncated download
-    return root
+    return builder_testing.broken_copy(raw_dir, tmp_path / "raw", remove=remove, truncate=corrupt)
 
 
 @pytest.mark.parametrize(

@@ -9,14 +9,10 @@ its EyeQ field-of-view mask (`data_builders.fundus.fov_mask`).
 from __future__ import annotations
 
 import dataclasses
-import functools
-import io
 from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
-from absl import logging
 from etils import epath
-from PIL import Image
 
 from data_builders import common, fundus
 
@@ -85,22 +81,7 @@ class Builder(common.ManualBuilder):
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Image(
-                        shape=(size, size, 3),
-                        encoding_format="jpeg",
-                        doc="Border-cropped fundus photo, Lanczos-resized.",
-                    ),
-                    "fov": tfds.features.Image(
-                        shape=(size, size, 1),
-                        encoding_format="png",
-                        doc="Field of view, 1 inside the fitted circle and 0 outside.",
-                    ),
-                    "label": tfds.features.ClassLabel(
-                        names=["normal", "dr"], doc="0: DR grade 0, 1: DR grade 1-4."
-                    ),
-                    "grade": tfds.features.ClassLabel(
-                        num_classes=5, doc="DR grade from EyePACS (0 none ... 4 proliferative)."
-                    ),
+                    **fundus.photo_features(size),
                     "quality": tfds.features.ClassLabel(names=list(QUALITIES), doc="EyeQ grade."),
                     "id": tfds.features.Text(doc="EyePACS image id, e.g. 10009_left."),
                 }
@@ -129,12 +110,9 @@ class Builder(common.ManualBuilder):
         }
 
     def _generate_examples(self, records: Sequence[_Record]):
-        process = functools.partial(_process, size=self.builder_config.image_size)
-        for record, result in common.ordered_map(process, records, self._num_workers):
-            if isinstance(result, Exception):
-                self._corrupt.handle(record.path, result)
-                continue
-            image, fov = result
+        size = self.builder_config.image_size
+        photos = fundus.processed_photos(records, size, self._num_workers, self._corrupt)
+        for record, image, fov in photos:
             yield (
                 record.name,
                 {
@@ -167,38 +145,7 @@ def _read_split(root: epath.Path, split: str) -> list[_Record]:
 
 def _check_images_exist(root: epath.Path, split: str, records: Sequence[_Record]) -> None:
     """Fails before any processing if the EyePACS folder or a listed photo is missing."""
+    paths = [r.path for r in records]
+    csv_name = f"Label_EyeQ_{split}.csv"
     folder = root / _SPLITS[split]
-    if not folder.is_dir():
-        raise FileNotFoundError(f"EyePACS image folder not found: {folder}\n{_LAYOUT}")
-    present = {p.name for p in folder.iterdir()}
-    absent = [r.path for r in records if r.path.name not in present]
-    if absent:
-        # A missing photo usually means an incompletely extracted Kaggle archive part.
-        raise FileNotFoundError(
-            f"Image not found: {absent[0]} ({len(absent)} of the {len(records)} photos listed "
-            f"in Label_EyeQ_{split}.csv are missing from {folder}).\n{_LAYOUT}"
-        )
-
-
-def _process(record: _Record, size: int) -> tuple[bytes, bytes] | Exception:
-    """Returns the cropped photo as JPEG bytes and its FOV mask as PNG bytes.
-
-    An undecodable photo is returned as its exception, for the builder's `on_corrupt` policy.
-    """
-    try:
-        with record.path.open("rb") as f, Image.open(f) as img:
-            img.load()  # Decode now, so a truncated file fails here, with its name.
-            cropped = fundus.crop_border(img, size)
-    except (OSError, SyntaxError, ValueError) as err:
-        return err
-    try:
-        mask = fundus.fov_mask(cropped)
-    except ValueError:
-        logging.warning("No field of view found in %s; using a centred circle.", record.path)
-        mask = fundus.circle_mask(size, size)
-    # Quality 100 without chroma subsampling, as Lesion2Void saved its crops.
-    image = io.BytesIO()
-    cropped.save(image, format="JPEG", quality=100, subsampling=0)
-    fov = io.BytesIO()
-    Image.fromarray(mask).save(fov, format="PNG")
-    return image.getvalue(), fov.getvalue()
+    common.require_listed_files(folder, paths, csv_name, _LAYOUT, what="EyePACS image folder")

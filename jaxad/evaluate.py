@@ -89,7 +89,13 @@ def evaluate(
     Image metrics use every labelled image. Pixel metrics (when `eval.pixel_metrics` and some
     image has a mask) use the images whose ground truth is known (with a mask, or normal) and
     only pixels inside the field of view, since pixels outside it carry no anatomy to judge.
+    With `eval.dense`, images are scored one by one at full resolution instead
+    (`jaxad.evaluate_dense`).
     """
+    if config.eval.get("dense", False):
+        from jaxad import evaluate_dense  # Full-resolution, window-based methods only.
+
+        return evaluate_dense.evaluate_dense(config, workdir, method, state, step=step, split=split)
     split = split or config.data.test_split
     out_dir = os.path.join(workdir, "eval")
     local_bs = parallel.local_batch_size(config.eval.batch_size, mesh, key="eval.batch_size")

@@ -5,7 +5,9 @@ r"""Anomaly maps and image scores for a folder of unlabelled images, with a trai
 Reads the run's `config.json` and latest checkpoint, scores every image under FOLDER
 (recursively) with the same preprocessing and `method.score` as evaluation, and writes
 `OUT/<relative path>.npy` (the map, resized to the image's own size), `OUT/<relative path>.png`
-(an overlay) and `OUT/scores.csv` (path, score).
+(an overlay) and `OUT/scores.csv` (path, score). Runs with `eval.dense` (window-based methods
+such as PICARD) score each image at its own resolution instead, one at a time, and the image
+score is the map's maximum.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ _BATCH = flags.DEFINE_integer("batch_size", 0, "Global batch size (0: config.eva
 
 def predict(workdir: str, input_dir: str, output_dir: str, batch_size: int = 0) -> str:
     """Scores every image under `input_dir`; returns the path of the written scores.csv."""
-    from jaxad import checkpoint, evaluate, methods, parallel, train, viz
-    from jaxad.data import pipeline, sources
+    from jaxad import checkpoint, methods, parallel, train
+    from jaxad.data import sources
 
     config = train.load_config(workdir)
     if batch_size:
@@ -42,6 +44,45 @@ def predict(workdir: str, input_dir: str, output_dir: str, batch_size: int = 0) 
     )
     state, _ = ckpt.restore(state)
     ckpt.close()
+    if config.eval.get("dense", False):
+        rows = _predict_dense(config, method, state, src, output_dir)
+    else:
+        rows = _predict_batched(config, method, state, mesh, src, input_dir, output_dir, local_bs)
+    path = os.path.join(output_dir, "scores.csv")
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "score"])
+        w.writerows((p, f"{s:.6g}") for p, s in rows)
+    return path
+
+
+def _predict_dense(config, method, state, src, output_dir: str) -> list[tuple[str, float]]:
+    """Full-resolution maps, one image at a time (window-based methods; see evaluate_dense)."""
+    import jax
+
+    from jaxad import evaluate_dense, viz
+
+    key = jax.random.fold_in(jax.random.key(config.seed), 2)
+    rows = []
+    for i in range(len(src)):
+        rec = src[i]
+        image = evaluate_dense.unit_image(rec, config.data.channels)
+        amap = np.asarray(method.dense_map(state, image, jax.random.fold_in(key, i)), np.float32)
+        stem = os.path.join(output_dir, os.path.splitext(rec["id"])[0])
+        os.makedirs(os.path.dirname(stem), exist_ok=True)
+        np.save(stem + ".npy", amap)
+        viz.save_png(stem + ".png", viz.side_by_side(*evaluate_dense.downscale(image, amap)[:2]))
+        rows.append((rec["id"], float(amap.max())))
+    return rows
+
+
+def _predict_batched(
+    config, method, state, mesh, src, input_dir: str, output_dir: str, local_bs: int
+) -> list[tuple[str, float]]:
+    """Maps at `data.image_size` resized back to each image's size (the shared evaluation path)."""
+    from jaxad import evaluate, viz
+    from jaxad.data import pipeline, sources
+
     batches = pipeline.source_batches(src, config.data, local_batch_size=local_bs)
     rows = []
     for local, out in evaluate.score_stream(method, state, mesh, batches, config.seed):
@@ -57,12 +98,7 @@ def predict(workdir: str, input_dir: str, output_dir: str, batch_size: int = 0) 
             image = sources.read_image(full, config.data.channels)
             viz.save_png(stem + ".png", viz.side_by_side(image, amap))
             rows.append((rel, float(out["image_score"][j])))
-    path = os.path.join(output_dir, "scores.csv")
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "score"])
-        w.writerows((p, f"{s:.6g}") for p, s in rows)
-    return path
+    return rows
 
 
 def _resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -62,7 +62,7 @@ def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
 
 def example_batch(config: ml_collections.ConfigDict, local_batch_size: int) -> dict:
     """A zero batch with the pipeline's shapes, for building the state without reading data."""
-    s, c = config.data.image_size, config.data.channels
+    s, c = config.data.get("crop_size", 0) or config.data.image_size, config.data.channels
     return {
         "image": np.zeros((local_batch_size, s, s, c), np.float32),
         "fov": np.ones((local_batch_size, s, s), np.float32),

@@ -189,3 +189,35 @@ class TestTrivialBaseline:
             metrics.MeanImage().update(np.zeros((1, 4, 4, 3))).update(np.zeros((1, 4, 5, 3)))
         with pytest.raises(ValueError):
             metrics.trivial_baseline(np.zeros((2, 4, 4, 3)), np.zeros((2, 4, 4, 1)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_float16_histogram_equals_sklearn_on_rounded_scores(seed):
+    rng = np.random.default_rng(seed)
+    n = 20_000
+    labels = rng.random(n) < 0.1
+    # Scores over many magnitudes and signs, with ties, as distances or log-likelihoods give.
+    scores = rng.standard_normal(n) * 10.0 ** rng.integers(-3, 3, n) + labels * 0.5
+    scores[: n // 10] = np.round(scores[: n // 10], 1)
+    scores[0], scores[1] = -0.0, 0.0
+    valid = rng.random(n) < 0.9
+    hist = metrics.Float16Histogram()
+    for part in np.array_split(np.arange(n), 3):  # streamed in pieces
+        hist.update(scores[part], labels[part], valid=valid[part])
+    got = hist.metrics()
+    rounded = scores.astype(np.float16).astype(np.float64)[valid]
+    want = metrics.pixel_metrics(rounded, labels[valid])
+    for key in ("pixel_auroc", "pixel_auprc", "best_dice"):
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key
+
+
+def test_float16_histogram_merge_and_degenerate_cases():
+    a = metrics.Float16Histogram().update(np.array([0.1, 0.2]), np.array([0, 1]))
+    b = metrics.Float16Histogram().update(np.array([0.3, 0.05]), np.array([1, 0]))
+    assert a.merge(b).metrics()["pixel_auroc"] == 1.0
+    only_normal = metrics.Float16Histogram().update(np.ones((4, 4)), np.zeros((4, 4)))
+    assert np.isnan(only_normal.metrics()["pixel_auroc"])
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.Float16Histogram().update(np.array([np.nan]), np.array([1]))
+    keys = metrics.Float16Histogram.keys(np.array([-np.inf, -2.0, -1e-7, 0.0, 1e-7, 3.0, np.inf]))
+    assert np.all(np.diff(keys.astype(np.int64)) >= 0)

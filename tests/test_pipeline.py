@@ -387,3 +387,39 @@ def test_num_examples(tmp_path):
     assert pipeline.num_examples(make_cfg(root), "test") == 5
     assert pipeline.num_examples(make_cfg(root), "train") == 5
     assert pipeline.num_examples(make_cfg(root, val_fraction=0.2), "train") == 4
+
+
+def test_random_crop_at_native_resolution_rejects_background():
+    rng = np.random.default_rng(0)
+    image = np.zeros((40, 60, 1), np.uint8)
+    image[30:, 50:] = 200  # the only tissue: a corner
+    mask = np.zeros((40, 60), np.uint8)
+    mask[35, 55] = 1
+    rec = {"image": image, "mask": mask, "fov": np.ones((40, 60), np.uint8), "label": 0}
+    for _ in range(20):
+        out = transforms.random_crop(rec, rng, 16, min_max=0.005)
+        assert out["image"].shape == (16, 16, 1) and out["mask"].shape == (16, 16)
+        assert out["image"].max() == 200  # every crop holds some tissue
+        assert out["fov"].dtype == np.float32
+    # Without rejection, background crops occur; the crop is taken, not resized.
+    maxima = {transforms.random_crop(rec, rng, 16, min_max=0.0)["image"].max() for _ in range(50)}
+    assert maxima == {0, 200}
+    # An image smaller than the crop is first resized so that its short side fits.
+    small = dict(rec, image=image[:10, :20], mask=mask[:10, :20], fov=rec["fov"][:10, :20])
+    out = transforms.random_crop(small, rng, 16, min_max=0.0)
+    assert out["image"].shape == (16, 16, 1)
+
+
+def test_train_batches_of_crops(tmp_path):
+    """crop_size: batches of native-resolution crops, whatever data.image_size says."""
+    root = make_folder(tmp_path / "ds", 3, mode="L", size=(23, 17))
+    cfg = make_cfg(root, channels=1, mean=(0.0,), std=(1.0,), crop_size=12, crop_min_max=0.0)
+    b = next(
+        pipeline.train_iterator(
+            cfg, "train", local_batch_size=3, seed=0, process_index=0, process_count=1
+        )
+    )
+    assert b["image"].shape == (3, 12, 12, 1) and b["fov"].shape == (3, 12, 12)
+    # Constant images, cropped not resized: every crop holds exactly its image's grey level.
+    levels = np.rint(b["image"][..., 0] * 255)
+    assert all(len(np.unique(level)) == 1 for level in levels)

@@ -23,7 +23,7 @@ import pathlib
 import secrets
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -461,11 +461,11 @@ def generate_fundus_demo(
     return root
 
 
-def default_root(seed: int = 0) -> pathlib.Path:
-    """`$JAXAD_DATA_DIR/demo/fundus_v1`, else `~/.cache/jaxad/demo/fundus_v1` (seed 0)."""
+def default_root(seed: int = 0, version: str = VERSION) -> pathlib.Path:
+    """`$JAXAD_DATA_DIR/demo/<version>`, else `~/.cache/jaxad/demo/<version>` (seed 0)."""
     base = os.environ.get("JAXAD_DATA_DIR")
     base = pathlib.Path(base) if base else pathlib.Path.home() / ".cache" / "jaxad"
-    return base / "demo" / (VERSION if seed == 0 else f"{VERSION}_seed{seed}")
+    return base / "demo" / (version if seed == 0 else f"{version}_seed{seed}")
 
 
 def _is_complete(root: pathlib.Path, seed: int) -> bool:
@@ -501,13 +501,25 @@ def _fresh_dir(parent: pathlib.Path, prefix: str) -> pathlib.Path:
 
 
 def ensure_fundus_demo(root: str | os.PathLike | None = None, *, seed: int = 0) -> pathlib.Path:
-    """Returns the demo folder, generating it first if it is missing or incomplete.
+    """Returns the fundus demo folder, generating it first if it is missing or incomplete."""
+    return ensure_generated(VERSION, generate_fundus_demo, root, seed=seed)
 
-    Generation happens in a temporary sibling folder that is renamed into place when complete,
-    so an interrupted run leaves no half-written dataset and concurrent callers do not clash:
-    the first rename wins and the others discard their copies.
+
+def ensure_generated(
+    version: str,
+    generate: Callable[..., pathlib.Path],
+    root: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+) -> pathlib.Path:
+    """Returns a generated demo folder, calling `generate(folder, seed=seed)` first if needed.
+
+    `root` defaults to `default_root(seed, version)`. Generation happens in a temporary sibling
+    folder that is renamed into place when complete (`generate` writes `MARKER` last), so an
+    interrupted run leaves no half-written dataset and concurrent callers do not clash: the
+    first rename wins and the others discard their copies.
     """
-    root = pathlib.Path(root) if root is not None else default_root(seed)
+    root = pathlib.Path(root) if root is not None else default_root(seed, version)
     if _is_complete(root, seed):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -515,7 +527,7 @@ def ensure_fundus_demo(root: str | os.PathLike | None = None, *, seed: int = 0) 
     _remove_stale_temps(root.parent, prefix)
     tmp = _fresh_dir(root.parent, prefix)
     try:
-        generate_fundus_demo(tmp, seed=seed)
+        generate(tmp, seed=seed)
         if root.exists() and not _is_complete(root, seed):
             # Left by an interrupted non-atomic writer: move it aside, then drop it.
             trash = _fresh_dir(root.parent, prefix)

@@ -18,7 +18,9 @@ Fields read from ``data_cfg`` (an ml_collections ConfigDict):
 - always: ``name`` (and what `jaxad.data.sources.get_source` reads: ``root``, ``tfds_name``,
   ``data_dir``, ``val_fraction``), ``image_size`` (int), ``channels`` (1 or 3), ``mean`` and
   ``std`` (one value per channel);
-- training only: ``hflip``, ``vflip``, ``flip_fov`` (bools);
+- training only: ``hflip``, ``vflip``, ``flip_fov`` (bools); optional ``crop_size`` (> 0: train
+  on random crops of that size at the image's own resolution instead of resizing whole images,
+  `transforms.random_crop`) and ``crop_min_max`` (its background rejection threshold);
 - optional: ``num_workers`` (worker processes, default 0: read in this process),
   ``num_threads`` (read threads per process, default 8), ``prefetch`` (batches read ahead per
   process, default 16).
@@ -114,8 +116,14 @@ def _train_example(
     hflip: bool,
     vflip: bool,
     flip_fov: bool,
+    crop_size: int = 0,
+    crop_min_max: float = 0.0,
 ) -> dict[str, np.ndarray]:
-    rec = _resized(rec, size=size, channels=channels)
+    if crop_size:
+        rec = dict(rec, image=transforms.to_channels(rec["image"], channels))
+        rec = transforms.random_crop(rec, rng, crop_size, min_max=crop_min_max)
+    else:
+        rec = _resized(rec, size=size, channels=channels)
     rec = transforms.random_flips(rec, rng, hflip=hflip, vflip=vflip, flip_fov=flip_fov)
     return {
         "image": transforms.normalize(rec["image"], mean, std),
@@ -175,7 +183,8 @@ def train_iterator(
 
     Each batch is a dict of numpy arrays: ``image`` float32 [B, S, S, C] (normalised), ``fov``
     float32 [B, S, S] in [0, 1], ``mask`` float32 [B, S, S], ``label`` int32 [B] and ``grade``
-    int32 [B], with B = ``local_batch_size`` and S = ``data_cfg.image_size``.
+    int32 [B], with B = ``local_batch_size`` and S = ``data_cfg.image_size`` (or
+    ``data_cfg.crop_size`` when set).
 
     The order and the augmentation depend only on ``seed``, the process index and count, and the
     data: two iterators built alike yield the same batches. The iterator supports ``get_state()``
@@ -210,6 +219,8 @@ def train_iterator(
         hflip=bool(data_cfg.hflip),
         vflip=bool(data_cfg.vflip),
         flip_fov=bool(data_cfg.flip_fov),
+        crop_size=int(data_cfg.get("crop_size", 0)),
+        crop_min_max=float(data_cfg.get("crop_min_max", 0.0)),
     )
     ds = (
         ds.seed(local_seed)

@@ -444,6 +444,19 @@ def _record(image, mask, label: int, has_mask: bool, rel: str, fov: np.ndarray) 
 # ---------------------------------------------------------------------------------------------
 
 
+def _demo_root(kind: str, root: str | None) -> pathlib.Path:
+    """Generates (once) and returns a demo folder: `kind` 'fundus' or 'phantom'."""
+    if kind == "fundus":
+        from jaxad.data import demo  # Imported here: only demo configs need it.
+
+        return demo.ensure_fundus_demo(root)
+    if kind == "phantom":
+        from jaxad.data import phantom
+
+        return phantom.ensure_phantom_demo(root)
+    raise ValueError(f"data.demo={kind!r}: use 'fundus' or 'phantom'")
+
+
 def get_source(data_cfg, split: str) -> FolderSource | TfdsSource:
     """The source of ``split`` described by ``data_cfg`` (an ml_collections ConfigDict).
 
@@ -451,8 +464,9 @@ def get_source(data_cfg, split: str) -> FolderSource | TfdsSource:
 
     - ``"folder"``: `FolderSource` over ``data_cfg.root`` with ``data_cfg.channels``
       (optional ``data_cfg.val_fraction``, default 0.1).
-    - ``"demo"``: generates the fundus demo folder once (in ``data_cfg.root`` if set, else the
-      default location of ``jaxad.data.demo.ensure_fundus_demo``) and reads it as a folder.
+    - ``"demo"``: generates a demo folder once (``data_cfg.demo``: ``"fundus"`` (default),
+      `jaxad.data.demo`, or ``"phantom"``, `jaxad.data.phantom`; in ``data_cfg.root`` if set,
+      else a cache folder) and reads it as a folder.
     - anything else: `TfdsSource` of ``data_cfg.tfds_name`` (or ``data_cfg.name``), read from
       ``data_cfg.data_dir`` (default: the tfds data_dir).
     """
@@ -470,9 +484,7 @@ def get_source(data_cfg, split: str) -> FolderSource | TfdsSource:
             fov=data_cfg.get("fov", "ones"),
         )
     if name == "demo":
-        from jaxad.data import demo  # Imported here: only demo configs need it.
-
-        root = demo.ensure_fundus_demo(data_cfg.get("root") or None)
+        root = _demo_root(data_cfg.get("demo", "fundus"), data_cfg.get("root") or None)
         return FolderSource(
             root,
             split,

@@ -127,6 +127,41 @@ def resize_record(rec: dict[str, Any], size: int | Sequence[int]) -> dict[str, A
     return out
 
 
+def random_crop(
+    rec: dict[str, Any], rng: np.random.Generator, size: int, *, min_max: float, tries: int = 100
+) -> dict[str, Any]:
+    """A uniformly placed ``size`` x ``size`` crop of a record at its own resolution.
+
+    For window-based methods trained on patches of large images (PICARD's 256 crops of
+    tomosynthesis slices), which must not be resized as a whole. An image whose short side is
+    below ``size`` is first resized (bilinear) so that it equals ``size``. Background rejection:
+    a crop whose brightest pixel is below ``min_max`` (unit scale, 0-1) is drawn again, up to
+    ``tries`` times (then the last one is kept); PICARD's rule, max >= -0.99 in [-1, 1], is
+    ``min_max = 0.005``. ``mask`` and ``fov`` are cropped alike; ``fov`` becomes float32.
+    """
+    image = rec["image"]
+    h, w = image.shape[:2]
+    out = dict(rec)
+    if min(h, w) < size:
+        scale = size / min(h, w)
+        hw = (max(size, round(h * scale)), max(size, round(w * scale)))
+        image = resize_image(image, hw)
+        out["mask"] = resize_mask(rec["mask"], hw)
+        out["fov"] = resize_fov(rec["fov"], hw)
+        h, w = hw
+    threshold = min_max * (255.0 if image.dtype == np.uint8 else 1.0)
+    for _ in range(max(tries, 1)):
+        top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        crop = image[top : top + size, left : left + size]
+        if crop.max() >= threshold:
+            break
+    window = (slice(top, top + size), slice(left, left + size))
+    out["image"] = crop
+    out["mask"] = out["mask"][window]
+    out["fov"] = np.asarray(out["fov"], np.float32)[window]
+    return out
+
+
 def random_flips(
     rec: dict[str, Any],
     rng: np.random.Generator,

@@ -19,8 +19,17 @@ import orbax.checkpoint as ocp
 class Checkpointer:
     """Keeps the last `keep` checkpoints of a run and restores the newest one."""
 
-    def __init__(self, workdir: str, *, every_steps: int, keep: int, async_save: bool = True):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        every_steps: int,
+        keep: int,
+        async_save: bool = True,
+        name: str = "checkpoints",
+    ):
+        """`name` is the folder under `workdir` (e.g. "best" for the early-stopping best state)."""
+        self.directory = os.path.abspath(os.path.join(workdir, name))
         self.every_steps = every_steps
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,

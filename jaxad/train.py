@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from clu import parameter_overview
@@ -152,11 +153,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config.data, config.data.train_split, local_batch_size=local_bs, seed=config.seed
     )
     num_steps = total_steps(config, pipeline.num_examples(config.data, config.data.train_split))
-    first_step = 0
+    first_step, meta = 0, {}
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore(state, train_it)
         first_step = int(meta["step"])
         writers.log_info("resumed from step %d in %s", first_step, ckpt.directory)
+    validation = _Validation(config, workdir, method, mesh, meta)
     writers.log_info(
         "training %s for %d steps, global batch %d on %d devices",
         config.method,
@@ -169,10 +171,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     progress = writers.Progress(num_steps, first_step)
     preemption = _Preemption(ckpt)
     step = first_step
+    early_stop = False
     for step in range(first_step + 1, num_steps + 1):
         batch = parallel.global_batch(mesh, next(train_it))
         state, metrics = train_step(state, batch, step)
-        last = step == num_steps
+        if validation.due(step):
+            scalars, early_stop = validation.run(state, step)
+            writer.write_scalars(step, scalars)
+            writers.log_info("step %d: validation loss %.6g", step, scalars["val/loss"])
+        last = step == num_steps or early_stop
         stop = preemption.reached(step)
         save = last or stop or ckpt.should_save(step)
         if save or step % config.log_every == 0:
@@ -188,9 +195,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     ),
                 )
         if save:
-            ckpt.save(step, state, train_it, {"step": step})
+            ckpt.save(step, state, train_it, {"step": step, **validation.meta()})
+        if early_stop:
+            writers.log_info(
+                "early stop at step %d: no validation gain for %d validations; best step %d",
+                step,
+                validation.patience,
+                validation.best_step,
+            )
+            break
         if stop:
             ckpt.close()
+            validation.close()
             writer.close()
             writers.log_info("stopped at step %d; rerun the same command to resume.", step)
             return {"preempted_at_step": step}
@@ -198,10 +214,89 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             results = evaluate.evaluate(config, workdir, method, state, mesh, step=step)
             writer.write_scalars(step, _eval_scalars(results))
     ckpt.close()
+    if validation.every:
+        if validation.last_step != step:  # As the original: validate the final state too.
+            scalars, _ = validation.run(state, step)
+            writer.write_scalars(step, scalars)
+        state = validation.best_state(state)
+        step = validation.best_step or step
+        validation.close()
+    if not config.eval.get("enabled", True):  # e.g. pre-training, which has no anomaly maps
+        writer.close()
+        return {"step": step, **validation.meta()}
     results = evaluate.evaluate(config, workdir, method, state, mesh, step=step)
     writer.write_scalars(step, _eval_scalars(results))
     writer.close()
     return results
+
+
+class _Validation:
+    """Validation loss every `config.validation.every` steps, with early stopping (DPA, §5).
+
+    The loss is `method.eval_loss(state, batch, key)` (per example) averaged over the examples
+    of `config.data.val_split` (default "validation"). A loss below the best minus `min_delta`
+    is a new best: the state is saved to `workdir/best`; training stops when `patience`
+    validations in a row brought none. The best loss and step travel in the checkpoint's meta,
+    so a resumed run keeps counting. Off when `every` is 0 or the method has no `eval_loss`.
+    """
+
+    def __init__(self, config, workdir: str, method, mesh, meta: dict | None = None):
+        cfg = config.get("validation") or ml_collections.ConfigDict()
+        self.every = int(cfg.get("every", 0)) if hasattr(method, "eval_loss") else 0
+        self.patience = int(cfg.get("patience", 0))
+        self.min_delta = float(cfg.get("min_delta", 0.0))
+        self.config, self.method, self.mesh = config, method, mesh
+        meta = meta or {}
+        self.best = float(meta.get("best_val_loss", np.inf))
+        self.best_step = int(meta.get("best_step", 0))
+        self.last_step = 0
+        self._ckpt = None
+        if self.every:
+            self._ckpt = checkpoint.Checkpointer(
+                workdir, every_steps=0, keep=1, async_save=False, name="best"
+            )
+            self._loss_fn = jax.jit(method.eval_loss)
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0
+
+    def meta(self) -> dict:
+        return {"best_val_loss": self.best, "best_step": self.best_step} if self.every else {}
+
+    def run(self, state, step: int) -> tuple[dict, bool]:
+        """Validates at `step`; returns (scalars to log, whether to stop)."""
+        total, count = 0.0, 0.0
+        local_bs = parallel.local_batch_size(self.config.eval.batch_size, self.mesh)
+        key = jax.random.fold_in(jax.random.key(self.config.seed), 3)
+        batches = pipeline.eval_batches(
+            self.config.data,
+            self.config.data.get("val_split", "validation"),
+            local_batch_size=local_bs,
+        )
+        for i, local in enumerate(batches):
+            batch = parallel.global_batch(self.mesh, local)
+            losses = self._loss_fn(state, batch, jax.random.fold_in(key, i))
+            valid = batch["valid"].astype(jnp.float32)
+            total += float(jnp.sum(losses * valid))
+            count += float(jnp.sum(valid))
+        loss = total / max(count, 1.0)
+        self.last_step = step
+        if loss < self.best - self.min_delta:
+            self.best, self.best_step = loss, step
+            self._ckpt.save(step, state, None, {"step": step, "val_loss": loss})
+        stop = bool(self.patience) and (step - self.best_step) / self.every > self.patience
+        return {"val/loss": loss, "val/best_loss": self.best}, stop
+
+    def best_state(self, state):
+        """The best validated state (restored onto `state`'s shardings), or `state`."""
+        if not self.every or self._ckpt.latest_step() is None:
+            return state
+        best, _ = self._ckpt.restore(state)
+        return best
+
+    def close(self) -> None:
+        if self._ckpt is not None:
+            self._ckpt.close()
 
 
 def _eval_scalars(results: dict) -> dict:

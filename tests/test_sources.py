@@ -387,3 +387,12 @@ def test_tfds_through_the_pipeline(tfds_dir):
         "img2",
     ]
     assert pipeline.num_examples(cfg, "test") == 3
+
+
+def test_comma_separated_tfds_names_are_concatenated(tfds_dir):
+    cfg = _cfg(name="x", tfds_name=f"{TFDS_NAME}/plain, {TFDS_NAME}/float", data_dir=str(tfds_dir))
+    src = sources.get_source(cfg, "train")
+    assert isinstance(src, sources.ConcatSource) and len(src) == 10
+    assert [src[i]["image"].dtype for i in (0, 4, 5, 9)] == [np.uint8] * 2 + [np.float32] * 2
+    with pytest.raises(IndexError):
+        src[10]

@@ -444,6 +444,29 @@ def _record(image, mask, label: int, has_mask: bool, rel: str, fov: np.ndarray) 
 # ---------------------------------------------------------------------------------------------
 
 
+class ConcatSource:
+    """Several sources read as one, in order (e.g. the slices along every axis for SimCLR)."""
+
+    def __init__(self, parts: list[Any]):
+        if not parts:
+            raise ValueError("ConcatSource needs at least one source")
+        self.parts = parts
+        self._ends = np.cumsum([len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        part = int(np.searchsorted(self._ends, index, side="right"))
+        start = int(self._ends[part - 1]) if part else 0
+        return self.parts[part][index - start]
+
+    def __repr__(self) -> str:
+        return f"ConcatSource({self.parts!r})"
+
+
 def _demo_root(kind: str, root: str | None) -> pathlib.Path:
     """Generates (once) and returns a demo folder: `kind` 'fundus' or 'phantom'."""
     if kind == "fundus":
@@ -468,7 +491,8 @@ def get_source(data_cfg, split: str) -> FolderSource | TfdsSource:
       `jaxad.data.demo`, or ``"phantom"``, `jaxad.data.phantom`; in ``data_cfg.root`` if set,
       else a cache folder) and reads it as a folder.
     - anything else: `TfdsSource` of ``data_cfg.tfds_name`` (or ``data_cfg.name``), read from
-      ``data_cfg.data_dir`` (default: the tfds data_dir).
+      ``data_cfg.data_dir`` (default: the tfds data_dir); a comma-separated list of names is
+      read as one `ConcatSource` (e.g. ``"mood/brain_axis0,mood/brain_axis1"``).
     """
     name = data_cfg.name
     if name == "folder":
@@ -492,6 +516,8 @@ def get_source(data_cfg, split: str) -> FolderSource | TfdsSource:
             val_fraction=data_cfg.get("val_fraction", 0.1),
             fov=data_cfg.get("fov", "ones"),
         )
-    return TfdsSource(
-        data_cfg.get("tfds_name") or name, split, data_dir=data_cfg.get("data_dir") or None
-    )
+    names = [n.strip() for n in (data_cfg.get("tfds_name") or name).split(",") if n.strip()]
+    data_dir = data_cfg.get("data_dir") or None
+    if len(names) > 1:
+        return ConcatSource([TfdsSource(n, split, data_dir=data_dir) for n in names])
+    return TfdsSource(names[0], split, data_dir=data_dir)

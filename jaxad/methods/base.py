@@ -34,3 +34,6 @@ class Method(Protocol):
 
     def inference_state(self, state: State) -> State:
         """The part of the state needed for scoring (what predict restores)."""
+
+    # Optional: `eval_loss(state, batch, key) -> [B]` per-example validation loss, which turns on
+    # `config.validation` (validation every N steps, best state, early stopping) in the loop.

@@ -16,9 +16,20 @@ import tempfile
 import time
 
 
-def peak_rss_bytes(who: int = resource.RUSAGE_SELF) -> int:
-    """Peak resident memory of this process (or of its waited-for children), in bytes."""
-    rss = resource.getrusage(who).ru_maxrss
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process since it started, in bytes.
+
+    Linux's `VmHWM` when there is one: `getrusage`'s `ru_maxrss` survives `exec`, so a child
+    started by a big parent (subprocess may use vfork) would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB.
 
 

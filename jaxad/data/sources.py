@@ -487,6 +487,9 @@ def get_source(data_cfg, split: str) -> FolderSource | TfdsSource:
 
     - ``"folder"``: `FolderSource` over ``data_cfg.root`` with ``data_cfg.channels``
       (optional ``data_cfg.val_fraction``, default 0.1).
+    - ``"nifti_folder"``: `jaxad.data.nifti.NiftiFolderSource`, slices along ``data_cfg.axis``
+      of the NIfTI volumes under ``data_cfg.root`` (optional ``resize``, ``min_nonzero``,
+      ``filter``, ``val_fraction``).
     - ``"demo"``: generates a demo folder once (``data_cfg.demo``: ``"fundus"`` (default),
       `jaxad.data.demo`, or ``"phantom"``, `jaxad.data.phantom`; in ``data_cfg.root`` if set,
       else a cache folder) and reads it as a folder.
@@ -507,6 +510,10 @@ def get_source(data_cfg, split: str) -> FolderSource | TfdsSource:
             val_fraction=data_cfg.get("val_fraction", 0.1),
             fov=data_cfg.get("fov", "ones"),
         )
+    if name == "nifti_folder":
+        from jaxad.data import nifti  # Imported here: only NIfTI data need nibabel.
+
+        return nifti.source_from_config(data_cfg, split)
     if name == "demo":
         root = _demo_root(data_cfg.get("demo", "fundus"), data_cfg.get("root") or None)
         return FolderSource(

@@ -1,0 +1,158 @@
+r"""MOOD challenge tools: predict with trained DPA models, evaluate, make a synthetic set.
+
+  python -m jaxad.mood predict --task=pixel --input=DIR --output=DIR --models=RUN0,RUN1,RUN2
+  python -m jaxad.mood evaluate --pred=DIR --label=DIR [--task=pixel|sample]
+      [--mode=pooled|cases] [--out=FILE] [--skip_bad_labels]
+  python -m jaxad.mood synth --input=DIR --output=DIR [--seed=0] [--swap_centre_axes]
+
+predict: every NIfTI volume in --input scored by the axis models (workdirs of finished
+`jaxad.methods.dpa` runs), written as the challenge expects: pixel, a float NIfTI of the input's
+shape and name; sample, ``<name>.txt`` holding one float.
+
+evaluate: the official metric (`jaxad.mood.metric`): average precision over the voxels (pixel) or
+the cases (sample) of all cases pooled; prints a JSON summary (also written to --out).
+--mode=cases makes the mean per-case AP the summary's ``score``.
+
+synth: the normal and an anomalous copy of every volume in --input, written to --output, and
+their labels to ``<output>_label/{pixel,sample}`` (--label_output to change), which evaluate reads
+with --label=<output>_label.
+
+Bad input (missing folders, unreadable files) ends with a one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+from collections.abc import Sequence
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxad.mood", description="MOOD challenge tools: predict, evaluate, synth."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="Score a folder of volumes with trained axis models.")
+    p.add_argument("--task", choices=("pixel", "sample"), required=True)
+    p.add_argument("--input", required=True, help="Folder of NIfTI volumes.")
+    p.add_argument("--output", required=True, help="Folder for the predictions.")
+    p.add_argument("--models", required=True, help="Comma-separated workdirs of trained runs.")
+    p.add_argument(
+        "--batch_size", type=int, default=128, help="Slices per forward pass (the solution's 128)."
+    )
+
+    e = sub.add_parser("evaluate", help="The official MOOD metric of a prediction folder.")
+    e.add_argument("--pred", required=True, help="Folder of predictions.")
+    e.add_argument("--label", required=True, help="Label folder, e.g. toy_label/pixel.")
+    e.add_argument("--task", choices=("pixel", "sample"), default="pixel")
+    e.add_argument("--mode", choices=("pooled", "cases"), default="pooled")
+    e.add_argument("--out", default=None, help="Also write the JSON summary to this file.")
+    e.add_argument(
+        "--skip_bad_labels",
+        action="store_true",
+        help="Skip unreadable label files as the official script does, instead of failing.",
+    )
+
+    s = sub.add_parser("synth", help="Synthetic validation set: normal + anomalous copies.")
+    s.add_argument("--input", required=True, help="Folder of NIfTI volumes.")
+    s.add_argument("--output", required=True, help="Folder for the volumes.")
+    s.add_argument("--label_output", default=None, help="Label folder (default <output>_label).")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--swap_centre_axes",
+        action="store_true",
+        help="Swap the blob centres' axes 0 and 2 as the original code did (by mistake).",
+    )
+    return parser
+
+
+def _predict(args: argparse.Namespace) -> None:
+    input_dir = pathlib.Path(args.input).expanduser()
+    if not input_dir.is_dir():
+        raise FileNotFoundError(f"input folder {input_dir} does not exist")
+    model_dirs = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not model_dirs:
+        raise ValueError("--models needs at least one workdir")
+    for workdir in model_dirs:
+        if not (pathlib.Path(workdir).expanduser() / "config.json").is_file():
+            raise FileNotFoundError(f"{workdir} is not a finished run (no config.json)")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be positive, got {args.batch_size}")
+    from jaxad.mood import inference  # Imported here: only predict needs JAX and the models.
+
+    inference.predict_folder(
+        str(input_dir),
+        str(pathlib.Path(args.output).expanduser()),
+        task=args.task,
+        model_dirs=model_dirs,
+        batch_size=args.batch_size,
+    )
+
+
+def _json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from jaxad.mood import metric
+
+    summary = metric.evaluate(
+        args.pred,
+        args.label,
+        task=args.task,
+        mode=args.mode,
+        skip_bad_labels=args.skip_bad_labels,
+    )
+    text = json.dumps(_json_safe(summary), indent=1)
+    if args.out:
+        out = pathlib.Path(args.out).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    print(text)
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from jaxad.mood import synth
+
+    label_dir = args.label_output or synth.label_dir_for(args.output)
+    written = synth.synthesize_folder(
+        args.input,
+        args.output,
+        seed=args.seed,
+        swap_centre_axes=args.swap_centre_axes,
+        label_dir=label_dir,
+    )
+    n_anom = sum(w["label"] for w in written)
+    print(
+        f"wrote {len(written)} volumes ({n_anom} anomalous) to {args.output}, labels to {label_dir}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs a subcommand; returns the exit code (2 with a one-line error on bad input)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    command = {"predict": _predict, "evaluate": _evaluate, "synth": _synth}[args.command]
+    try:
+        command(args)
+    except (OSError, ValueError) as e:  # Includes unreadable files and bad labels.
+        message = " ".join(str(e).split())  # One line, whatever the exception held.
+        print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

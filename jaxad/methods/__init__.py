@@ -6,7 +6,7 @@ import importlib
 
 from jaxad.methods.base import Method
 
-KNOWN = ("lesion2void",)
+KNOWN = ("lesion2void", "picard", "simclr", "dpa")
 
 
 def create(config) -> Method:

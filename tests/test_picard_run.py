@@ -83,3 +83,21 @@ def test_image_smaller_than_a_window_is_a_clear_error(phantoms, tmp_path):
     Image.fromarray(np.zeros((20, 40), np.uint8)).save(small / "x.png")
     with pytest.raises(ValueError, match="window"):
         predict.predict(str(workdir), str(small), str(tmp_path / "out"))
+
+
+@pytest.mark.slow
+def test_demo_beats_the_intensity_baseline(tmp_path):
+    """configs/picard.py:demo, shortened (250 steps, fewer test images): both AUROCs beat the
+    intensity z-score baseline (0.56 against 0.43 pixel, 0.77 against 0.23 image, 600 steps
+    give 0.82 pixel)."""
+    root = phantom.generate_phantom_demo(
+        tmp_path / "phantom", n_train=48, n_test_good=6, n_test_mass=12
+    )
+    config = picard_config.get_config("demo")
+    config.data.name = "folder"
+    config.data.root = str(root)
+    config.total_steps = 250
+    config.checkpoint_every = 250
+    results = train.run(config, str(tmp_path / "run"))
+    assert results["pixel_auroc"] > results["baseline/pixel_auroc"] + 0.05
+    assert results["image_auroc"] > results["baseline/image_auroc"]

@@ -403,3 +403,16 @@ def test_nt_xent():
     # Two identical pairs on orthogonal axes: every view scores [2, 0, 0] (positive first).
     e = np.eye(2)
     assert float(perceptual.nt_xent(e, e)) == pytest.approx(math.log(math.exp(2) + 2) - 2, 1e-6)
+
+
+def test_vgg_width_scales_every_block():
+    from jaxad.models.vgg import VGG19Features
+
+    x = jnp.zeros((1, 32, 32, 3))
+    params = jax.eval_shape(lambda: VGG19Features(width=16).init(jax.random.key(0), x))
+    assert params["params"]["conv1_1"]["kernel"].shape == (3, 3, 3, 16)
+    assert params["params"]["conv5_4"]["kernel"].shape == (3, 3, 128, 128)
+    out = VGG19Features(width=16).apply(
+        VGG19Features(width=16).init(jax.random.key(0), x), x, ("r32", "r42")
+    )
+    assert out["r32"].shape == (1, 8, 8, 64) and out["r42"].shape == (1, 4, 4, 128)

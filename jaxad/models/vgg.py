@@ -60,6 +60,9 @@ class VGG19Features(nn.Module):
 
     dtype: DTypeLike | None = None
     fast_conv_grad: bool | str = False
+    # Channels of the first block (64 in VGG19); the others scale with it. Smaller widths are
+    # for CPU demos and tests only: pretrained weights need 64.
+    width: int = 64
 
     @nn.compact
     def __call__(self, x: jax.Array, layers: Sequence[str] = ("r42",)) -> dict[str, jax.Array]:
@@ -79,7 +82,7 @@ class VGG19Features(nn.Module):
         for b, block in enumerate(VGG19_BLOCKS, 1):
             for i, features in enumerate(block, 1):
                 x = Conv(
-                    features,
+                    features * self.width // 64,
                     3,
                     padding=1,
                     dtype=self.dtype,
@@ -153,10 +156,13 @@ class SimCLRModel(nn.Module):
     pool_size: int = 7
     dtype: DTypeLike | None = None
     fast_conv_grad: bool | str = False
+    width: int = 64  # `VGG19Features.width`
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        vgg = VGG19Features(dtype=self.dtype, fast_conv_grad=self.fast_conv_grad, name="features")
+        vgg = VGG19Features(
+            dtype=self.dtype, fast_conv_grad=self.fast_conv_grad, width=self.width, name="features"
+        )
         f = adaptive_avg_pool2d(vgg(x, ("p5",))["p5"], (self.pool_size, self.pool_size))
         h = f.transpose(0, 3, 1, 2).reshape(f.shape[0], -1)  # PyTorch's flatten of N, C, H, W
         z = TorchDense(self.hidden, dtype=self.dtype, name="l1")(h)

@@ -217,7 +217,7 @@ def test_unprepared_eyeq_names_the_build_command_and_demo(tmp_path):
     assert out.returncode == 2
     msg = out.stderr.strip().splitlines()[-1]
     assert "python -m jaxad.data.build eyeq" in msg and ":demo" in msg
-    assert "Label_EyeQ_train.csv" in msg
+    assert "data_builders/eyeq/README.md" in msg
 
 
 @pytest.mark.slow

@@ -468,7 +468,7 @@ class ConcatSource:
 
 
 def _demo_root(kind: str, root: str | None) -> pathlib.Path:
-    """Generates (once) and returns a demo folder: `kind` 'fundus' or 'phantom'."""
+    """Generates (once) and returns a demo folder: `kind` 'fundus', 'phantom' or 'brain'."""
     if kind == "fundus":
         from jaxad.data import demo  # Imported here: only demo configs need it.
 
@@ -477,7 +477,11 @@ def _demo_root(kind: str, root: str | None) -> pathlib.Path:
         from jaxad.data import phantom
 
         return phantom.ensure_phantom_demo(root)
-    raise ValueError(f"data.demo={kind!r}: use 'fundus' or 'phantom'")
+    if kind == "brain":
+        from jaxad.data import brain_phantom
+
+        return brain_phantom.ensure_brain_demo(root)
+    raise ValueError(f"data.demo={kind!r}: use 'fundus', 'phantom' or 'brain'")
 
 
 def get_source(data_cfg, split: str) -> FolderSource | TfdsSource:
@@ -492,7 +496,8 @@ def get_source(data_cfg, split: str) -> FolderSource | TfdsSource:
       ``filter``, ``val_fraction``).
     - ``"demo"``: generates a demo folder once (``data_cfg.demo``: ``"fundus"`` (default),
       `jaxad.data.demo`, or ``"phantom"``, `jaxad.data.phantom`; in ``data_cfg.root`` if set,
-      else a cache folder) and reads it as a folder.
+      else a cache folder) and reads it as a folder; ``"brain"`` (`jaxad.data.brain_phantom`)
+      is read as ``"nifti_folder"`` over its ``train/`` volumes.
     - anything else: `TfdsSource` of ``data_cfg.tfds_name`` (or ``data_cfg.name``), read from
       ``data_cfg.data_dir`` (default: the tfds data_dir); a comma-separated list of names is
       read as one `ConcatSource` (e.g. ``"mood/brain_axis0,mood/brain_axis1"``).
@@ -515,7 +520,15 @@ def get_source(data_cfg, split: str) -> FolderSource | TfdsSource:
 
         return nifti.source_from_config(data_cfg, split)
     if name == "demo":
-        root = _demo_root(data_cfg.get("demo", "fundus"), data_cfg.get("root") or None)
+        kind = data_cfg.get("demo", "fundus")
+        root = _demo_root(kind, data_cfg.get("root") or None)
+        if kind == "brain":  # NIfTI volumes: the normal training population, sliced.
+            from jaxad.data import nifti
+
+            cfg = data_cfg.copy_and_resolve_references()
+            with cfg.unlocked():
+                cfg.root = str(root / "train")
+            return nifti.source_from_config(cfg, split)
         return FolderSource(
             root,
             split,

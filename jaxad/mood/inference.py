@@ -81,6 +81,7 @@ class AxisModel:
     vgg_layer: str = "r32"
     image_size: int = 128
     name: str = ""
+    vgg_width: int = 64  # `VGG19Features.width`: 64 is VGG19 (smaller only in CPU demos)
 
     def __post_init__(self):
         if self.axis not in (0, 1, 2):
@@ -89,9 +90,9 @@ class AxisModel:
             raise ValueError(f"{self.name or 'model'}: unknown VGG19 layer {self.vgg_layer!r}.")
 
     @property
-    def spec(self) -> tuple[int, int, int, str]:
+    def spec(self) -> tuple[int, int, int, str, int]:
         """What the compiled network depends on, besides the parameters."""
-        return (self.nf, self.latent_dim, self.image_size, self.vgg_layer)
+        return (self.nf, self.latent_dim, self.image_size, self.vgg_layer, self.vgg_width)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +170,7 @@ def _slice_errors(
     dest: jax.Array,
     errors: jax.Array,
     means: jax.Array,
-    spec: tuple[int, int, int, str],
+    spec: tuple[int, int, int, str, int],
 ) -> tuple[jax.Array, jax.Array]:
     """Scatters one chunk's per-slice numerators and feature means into the volume buffers.
 
@@ -177,9 +178,9 @@ def _slice_errors(
     slice. Padding rows have dest = D and are dropped. With equal-sized slices the volume
     denominator is the mean of the slice means.
     """
-    nf, latent_dim, image_size, layer = spec
+    nf, latent_dim, image_size, layer, vgg_width = spec
     rec = Autoencoder(nf=nf, latent_dim=latent_dim, image_size=image_size).apply({"params": ae}, x)
-    features = VGG19Features()
+    features = VGG19Features(width=vgg_width)
     f_x = features.apply({"params": vgg}, perceptual.vgg_input(x), (layer,))[layer]
     f_rec = features.apply({"params": vgg}, perceptual.vgg_input(rec), (layer,))[layer]
     numerator = jnp.abs(f_x - f_rec).mean(axis=-1)
@@ -461,6 +462,7 @@ def load_axis_models(model_dirs: Sequence[str]) -> list[AxisModel]:
                 vgg_layer=str(config.dpa.vgg_layer),
                 image_size=int(config.data.image_size),
                 name=str(workdir),
+                vgg_width=int(config.model.get("vgg_width", 64)),
             )
         )
     return models

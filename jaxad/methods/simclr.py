@@ -1,0 +1,319 @@
+"""SimCLR pre-training of VGG19 on MOOD slices: the perceptual-loss network of the DPA.
+
+External data (ImageNet weights) was not allowed in MOOD 2020, so the DPA solution trained its
+VGG19 with SimCLR on the challenge's own slices (the SimCLR fork, config exp_1_mood.yaml):
+
+- data: the training slices along all three axes of both regions (folds 1-9), as grey images
+  in [0, 1] copied to 3 channels, without mean/std normalisation (batches are mapped back to
+  that scale with `data.mean` / `data.std`, 0 and 1 in configs/simclr_vgg19.py);
+- two views per slice, drawn on device in `train_step` from the step's key
+  (`jaxad.ops.augment`: random resized crop to `simclr.crop_size` 96, flip, brightness and
+  contrast jitter, Gaussian blur);
+- `SimCLRModel` (VGG19 conv stack, adaptive pool to 7x7, projection 25088 -> 2048 -> 256;
+  71,931,200 parameters); both views go through it as one batch, equivalent to the original's
+  two passes since nothing in the network depends on the batch;
+- NT-Xent with cosine similarity and temperature 0.5 (`jaxad.ops.perceptual.nt_xent`);
+- Adam lr 3e-4 with PyTorch's coupled weight decay 1e-5 (added to the gradient);
+- learning rate: `simclr.lr_schedule='cosine_epochs'` (default, the original):
+  CosineAnnealingLR with T_max = int(steps per epoch / `t_max_decrease` 10) counted in epochs,
+  stepped once per epoch from the end of epoch `epoch_warmup` 1, i.e. the learning rate of
+  epoch e is lr (1 + cos(pi t / T_max)) / 2 with t = max(0, e - 1). With about 2700 steps per
+  epoch T_max is about 270 epochs, so over 80 epochs it only falls to about 0.8 lr.
+  'constant' keeps lr. Steps per epoch are `simclr.steps_per_epoch`, or when 0 the training
+  split's size // batch_size (the loop's epochs, the original's drop_last loader);
+- validation (`eval_loss`): each example's share of the NT-Xent of its validation batch, with
+  views drawn from the loop's fixed validation keys; the loop keeps the best state in
+  `workdir/best` when `config.validation.every` is one epoch, as the original saved its model
+  whenever the epoch's validation loss improved. The original drew new views at every
+  validation (so its loss was noisier) and dropped the last incomplete batch; here that batch
+  counts, its padding rows excluded from the negatives;
+- no anomaly map: `score` returns zeros, and the config turns the final evaluation off.
+
+`load_vgg_params` hands the trained conv weights to the DPA (`jaxad.methods.dpa`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxad import writers
+from jaxad.models.vgg import SimCLRModel, VGG19Features
+from jaxad.ops import augment, conv, perceptual
+
+LR_SCHEDULES = ("cosine_epochs", "constant")
+# Seed of the random VGG19 used when no weights are given (the original's fallback also seeds).
+RANDOM_VGG_SEED = 0
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"config.{key}={value!r} is not one of {', '.join(choices)}.")
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, learning_rate) -> optax.GradientTransformation:
+    """Adam with coupled L2 weight decay, as `torch.optim.Adam(weight_decay=...)`."""
+    return optax.chain(
+        optax.add_decayed_weights(cfg.weight_decay),
+        optax.adam(learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+    )
+
+
+def cosine_epochs_lr(
+    count: jax.Array,
+    base_lr: float,
+    steps_per_epoch: int,
+    t_max_decrease: float,
+    epoch_warmup: int,
+) -> jax.Array:
+    """The learning rate after `count` updates under the original's per-epoch cosine schedule.
+
+    T_max = int(steps_per_epoch / t_max_decrease) epochs; the scheduler has taken
+    t = max(0, epoch - epoch_warmup) steps during epoch = count // steps_per_epoch.
+    """
+    t_max = int(steps_per_epoch / t_max_decrease)
+    if t_max < 1:
+        raise ValueError(
+            f"{steps_per_epoch} steps per epoch / simclr.t_max_decrease={t_max_decrease} gives "
+            "T_max = 0, which the original's CosineAnnealingLR cannot use; lower "
+            "simclr.t_max_decrease or set simclr.lr_schedule='constant'."
+        )
+    epoch = count // steps_per_epoch
+    t = jnp.maximum(epoch - epoch_warmup, 0).astype(jnp.float32)
+    return base_lr * 0.5 * (1.0 + jnp.cos(math.pi * t / t_max))
+
+
+def nt_xent_per_example(
+    z1: jax.Array, z2: jax.Array, temperature: float, valid: jax.Array | None = None
+) -> jax.Array:
+    """Each pair's share of NT-Xent: (CE of view 1 + CE of view 2) / 2, [N] -> mean = NT-Xent.
+
+    Rows where `valid` is False are left out as negatives and get 0, so the valid rows' values
+    are those of `jaxad.ops.perceptual.nt_xent` over the valid pairs alone.
+    """
+    n = z1.shape[0]
+    z = jnp.concatenate([z1, z2], axis=0).astype(jnp.float32)
+    z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-8)
+    logits = z @ z.T / temperature
+    valid = jnp.ones((n,), bool) if valid is None else valid.astype(bool)
+    valid2 = jnp.concatenate([valid, valid])
+    excluded = jnp.eye(2 * n, dtype=bool) | ~valid2[None, :]
+    logits = jnp.where(excluded, -jnp.inf, logits)
+    partner = (jnp.arange(2 * n) + n) % (2 * n)
+    positive = jnp.take_along_axis(logits, partner[:, None], axis=1)[:, 0]
+    ce = jax.nn.logsumexp(logits, axis=1) - positive
+    return jnp.where(valid, 0.5 * (ce[:n] + ce[n:]), 0.0)
+
+
+def augment_from_config(cfg: ml_collections.ConfigDict) -> augment.Augment:
+    return augment.Augment(
+        size=int(cfg.crop_size),
+        scale=tuple(float(v) for v in cfg.crop_scale),
+        ratio=tuple(float(v) for v in cfg.crop_ratio),
+        flip_p=float(cfg.flip_p),
+        jitter_p=float(cfg.jitter_p),
+        brightness=float(cfg.brightness),
+        contrast=float(cfg.contrast),
+        blur_p=float(cfg.blur_p),
+        blur_kernel=int(cfg.blur_kernel),
+        blur_sigma=tuple(float(v) for v in cfg.blur_sigma),
+    )
+
+
+class SimCLR:
+    """The method object the shared loop drives (see `jaxad.methods.base.Method`)."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        cfg = config.simclr
+        _check_choice("simclr.lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
+        self.config = config
+        self.cfg = cfg
+        self.aug = augment_from_config(cfg)
+        self.mean = np.asarray(config.data.mean, np.float32)
+        self.std = np.asarray(config.data.std, np.float32)
+        fast = conv.resolve_fast_kernel_grad(config.model.get("fast_conv_grad", "auto"))
+        self.model = SimCLRModel(
+            out_dim=config.model.out_dim,
+            hidden=config.model.hidden,
+            pool_size=config.model.pool_size,
+            fast_conv_grad=fast,
+            width=config.model.get("vgg_width", 64),
+        )
+        self._steps_per_epoch = int(cfg.get("steps_per_epoch", 0))
+        # The schedule is a function of the update count in every case, so that the optimiser
+        # state has the same structure whatever the schedule.
+        self.tx = make_optimizer(config.optim, self.learning_rate)
+
+    # --- schedule ----------------------------------------------------------------------------
+    def steps_per_epoch(self) -> int:
+        """`simclr.steps_per_epoch`, else the training split's size // batch size (read once)."""
+        if not self._steps_per_epoch:
+            from jaxad.data import pipeline
+
+            n = pipeline.num_examples(self.config.data, self.config.data.train_split)
+            self._steps_per_epoch = max(n // self.config.batch_size, 1)
+            writers.log_info(
+                "one epoch is %d steps (%d training images // batch %d); validation every %s",
+                self._steps_per_epoch,
+                n,
+                self.config.batch_size,
+                self.config.get("validation", {}).get("every", 0),
+            )
+        return self._steps_per_epoch
+
+    def learning_rate(self, count: jax.Array) -> jax.Array:
+        base = self.config.optim.learning_rate
+        if self.cfg.lr_schedule == "constant":
+            return jnp.full((), base, jnp.float32)
+        return cosine_epochs_lr(
+            count,
+            base,
+            self.steps_per_epoch(),
+            float(self.cfg.t_max_decrease),
+            int(self.cfg.epoch_warmup),
+        )
+
+    # --- state -------------------------------------------------------------------------------
+    def init(self, key: jax.Array, batch: dict) -> dict:
+        x = jnp.zeros((1, self.aug.size, self.aug.size, 3), jnp.float32)
+        params = self.model.init(key, x)["params"]
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "model": {"params": params},
+            "opt": self.tx.init(params),
+        }
+
+    def inference_state(self, state: dict) -> dict:
+        return {"step": state["step"], "model": state["model"]}
+
+    # --- training ----------------------------------------------------------------------------
+    def unit_images(self, images: jax.Array) -> jax.Array:
+        """Batch images back to the [0, 1] scale the augmentation and the VGG expect."""
+        return images * self.std + self.mean
+
+    def projections(self, params, key: jax.Array, images: jax.Array):
+        """(z1, z2): the projections of two random views of each normalised image."""
+        v1, v2 = augment.two_views(key, self.unit_images(images), self.aug)
+        views = jnp.concatenate([v1, v2], axis=0)
+        if views.shape[-1] == 1:
+            views = jnp.broadcast_to(views, (*views.shape[:-1], 3))
+        _, z = self.model.apply({"params": params}, views)
+        n = images.shape[0]
+        return z[:n], z[n:]
+
+    def train_step(self, state: dict, batch: dict, key: jax.Array) -> tuple[dict, dict]:
+        def loss_fn(params):
+            z1, z2 = self.projections(params, key, batch["image"])
+            return perceptual.nt_xent(z1, z2, self.cfg.temperature)
+
+        params = state["model"]["params"]
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt = self.tx.update(grads, state["opt"], params)
+        new_state = {
+            "step": state["step"] + 1,
+            "model": {"params": optax.apply_updates(params, updates)},
+            "opt": opt,
+        }
+        return new_state, {"loss": loss, "lr": self.learning_rate(state["step"])}
+
+    def eval_loss(self, state: dict, batch: dict, key: jax.Array) -> jax.Array:
+        """[B] each example's share of its batch's NT-Xent (0 for padding rows)."""
+        z1, z2 = self.projections(state["model"]["params"], key, batch["image"])
+        return nt_xent_per_example(z1, z2, self.cfg.temperature, batch.get("valid"))
+
+    # --- scoring -----------------------------------------------------------------------------
+    def score(self, state: dict, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
+        """Pre-training has no anomaly map: zeros, so that the shared evaluation still runs."""
+        b, h, w = batch["image"].shape[:3]
+        return {"map": jnp.zeros((b, h, w), jnp.float32), "score": jnp.zeros((b,), jnp.float32)}
+
+    def image_scores(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        return outputs["score"]
+
+
+def create(config: ml_collections.ConfigDict) -> Any:
+    return SimCLR(config)
+
+
+# --- the VGG19 weights for the DPA -----------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def random_vgg_params(width: int = 64) -> dict:
+    """`VGG19Features(width)` params with torchvision's init from the fixed `RANDOM_VGG_SEED`."""
+    x = jnp.zeros((1, 32, 32, 3), jnp.float32)
+    return VGG19Features(width=width).init(jax.random.key(RANDOM_VGG_SEED), x)["params"]
+
+
+def load_vgg_params(path: str | os.PathLike, width: int = 64) -> dict:
+    """`VGG19Features` params (numpy) for the perceptual loss, from `path`:
+
+    - a SimCLR workdir (a jaxad run of this method): the conv stack of its best validated
+      state (`workdir/best`) if there is one, else of its latest checkpoint, at the run's own
+      VGG width (`model.vgg_width`);
+    - a `.npz` of torchvision-layout VGG19 weights (`jaxad.models.torch_import`), e.g. the
+      solution's own SimCLR checkpoint converted with numpy.savez (width 64 only);
+    - "" (empty): random weights of `width` with torchvision's init and a fixed seed
+      (`random_vgg_params`), as the solution's feature extractor falls back to when no weights
+      are given. The perceptual loss then compares random features, not SimCLR-trained ones.
+    """
+    path = os.fspath(path)
+    if not path:
+        return jax.device_get(random_vgg_params(width))
+    if path.endswith(".npz"):
+        from jaxad.models import torch_import
+
+        if width != 64:
+            raise ValueError(f"{path}: torchvision VGG19 weights have width 64, not {width}.")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"VGG19 weights {path} not found.")
+        return torch_import.load_vgg19_weights(path)
+    if os.path.isdir(path):
+        return _vgg_from_workdir(path)
+    raise FileNotFoundError(
+        f"VGG19 weights {path!r} not found: give a SimCLR workdir (configs/simclr_vgg19.py), a "
+        ".npz of torchvision VGG19 weights, or '' for random weights."
+    )
+
+
+def _vgg_from_workdir(workdir: str) -> dict:
+    """The `features` params of a SimCLR run's best (else latest) checkpoint, as numpy.
+
+    The state is restored onto an abstract tree on this process's first device, so nothing is
+    initialised first and every process reads the checkpoint by itself.
+    """
+    from jaxad import checkpoint, methods, train
+
+    config = train.load_config(workdir)
+    if config.get("method") != "simclr":
+        raise ValueError(
+            f"{workdir} is a run of method {config.get('method')!r}, not 'simclr': VGG19 weights "
+            "come from a SimCLR run (configs/simclr_vgg19.py)."
+        )
+    method = methods.create(config)
+    batch = train.example_batch(config, 1)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+        jax.eval_shape(method.init, jax.random.key(0), batch),
+    )
+    for name in ("best", "checkpoints"):
+        if not os.path.isdir(os.path.join(workdir, name)):
+            continue
+        ckpt = checkpoint.Checkpointer(workdir, every_steps=0, keep=1, async_save=False, name=name)
+        try:
+            if ckpt.latest_step() is None:
+                continue
+            state, _ = ckpt.restore(abstract)
+        finally:
+            ckpt.close()
+        return jax.device_get(state["model"]["params"]["features"])
+    raise FileNotFoundError(f"no checkpoint in {workdir}/best or {workdir}/checkpoints.")

@@ -430,7 +430,9 @@ def _params(tree: Any) -> Any:
 def load_axis_models(model_dirs: Sequence[str]) -> list[AxisModel]:
     """The inference state of each finished `jaxad.methods.dpa` run (workdir) in `model_dirs`.
 
-    Reads `config.json` and restores the latest checkpoint as `jaxad.predict` does.
+    Reads `config.json` and restores the best validated state (`workdir/best`, which the loop
+    keeps when `config.validation` is on, as the solution kept its best model) or, without
+    one, the latest checkpoint, as `jaxad.predict` does.
     """
     from jaxad import checkpoint, methods, parallel, train
 
@@ -441,11 +443,14 @@ def load_axis_models(model_dirs: Sequence[str]) -> list[AxisModel]:
         method = methods.create(config)
         local_bs = parallel.local_batch_size(mesh.devices.size, mesh)
         state = train.init_state(method, config, mesh, local_bs)
+        best = os.path.join(workdir, "best")
+        has_best = os.path.isdir(best) and any(n.isdigit() for n in os.listdir(best))
         ckpt = checkpoint.Checkpointer(
             workdir,
             every_steps=config.get("checkpoint_every", 0),
             keep=config.get("keep_checkpoints", 1),
             async_save=False,
+            name="best" if has_best else "checkpoints",
         )
         try:
             state, _ = ckpt.restore(state)

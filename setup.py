@@ -11,7 +11,7 @@ setuptools.setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=setuptools.find_packages(
-        include=["jaxad", "jaxad.*", "data_builders", "data_builders.*"]
+        include=["jaxad", "jaxad.*", "data_builders", "data_builders.*", "configs"]
     ),
     install_requires=[
         "jax>=0.10.2,<0.11",

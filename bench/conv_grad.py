@@ -14,7 +14,7 @@ Parts (each in its own subprocess, so that memory and the XLA state are its own)
   context, XLA's forward pass and input gradient of the same conv. Both compute the same
   function (checked: max relative difference `max_rel_diff`).
 - `step`: the full Lesion2Void training step (configs/lesion2void.py, 224 px, widths 64) through
-  the library's own `methods.create`, `train.init_state` and `train.make_train_step`, with
+  the library's own `methods.create`, `methods.init_state` and `train.make_train_step`, with
   `config.model.fast_conv_grad` 'auto' (the default: ours on the layers where
   `jaxad.ops.conv.kernel_grad_helps`), True (ours everywhere) and False (XLA's), at each batch of
   `--batches`. Reports seconds per step (median of `--steps` steps after a warm-up; `--steps_32`
@@ -200,14 +200,14 @@ def run_layers(opts: dict) -> dict:
 
 def _paper_setup(batch: int, fast: bool | str):
     jax = l2v_bench._setup_jax()
-    from jaxad import methods, parallel, train
+    from jaxad import methods, parallel
 
     config = l2v_bench._load_config("paper")
     config.batch_size = batch
     config.model.fast_conv_grad = fast
     mesh = parallel.make_mesh()
     method = methods.create(config)
-    state = jax.block_until_ready(train.init_state(method, config, mesh, batch))
+    state = jax.block_until_ready(methods.init_state(method, config, mesh, batch))
     batches = [
         parallel.global_batch(mesh, l2v_bench._synthetic_batch(config, batch, seed))
         for seed in (0, 1)

@@ -10,8 +10,8 @@ Cases (synthetic random batches; no dataset is read):
   run takes about 5 minutes there.
 - `demo`: configs/lesion2void.py:demo: 128 px, widths 16, batch 16.
 
-Everything goes through the library's own code: `methods.create`, `train.init_state`,
-`train.make_train_step`, `evaluate.make_score_fn`, `parallel.make_mesh` and
+Everything goes through the library's own code: `methods.create`, `methods.init_state`,
+`train.make_train_step`, `core.make_score_fn`, `parallel.make_mesh` and
 `parallel.global_batch`. The jitted functions are compiled ahead of time
 (`jitted.lower(...).compile()`), so the compile time is measured on its own and the timed calls
 run that same executable. The persistent compilation cache is turned off. Each case runs in its
@@ -245,10 +245,10 @@ def _synthetic_batch(config, batch_size: int, seed: int) -> dict:
     """A normalised random batch with the training pipeline's keys and a circular FOV."""
     import numpy as np
 
-    from jaxad import train
+    from jaxad import methods
 
     rng = np.random.default_rng(seed)
-    batch = train.example_batch(config, batch_size)
+    batch = methods.example_batch(config, batch_size)
     s = config.data.image_size
     batch["image"] = rng.standard_normal(batch["image"].shape).astype(np.float32)
     yy, xx = np.mgrid[:s, :s] - (s - 1) / 2
@@ -268,7 +268,8 @@ def run_case(case: str, opts: dict) -> dict:
     jax = _setup_jax()
     import numpy as np
 
-    from jaxad import evaluate, methods, parallel, train
+    from jaxad import methods, parallel, train
+    from jaxad.evals import core
     from jaxad.ops import lattice
 
     config = _load_config(case)
@@ -290,7 +291,7 @@ def run_case(case: str, opts: dict) -> dict:
 
     # Training step.
     t0 = time.perf_counter()
-    state = jax.block_until_ready(train.init_state(method, config, mesh, local_bs))
+    state = jax.block_until_ready(methods.init_state(method, config, mesh, local_bs))
     out["init_sec"] = time.perf_counter() - t0
     out["generator_params"] = _num_params(state["g"]["params"])
     out["discriminator_params"] = _num_params(state["d"]["params"])
@@ -321,7 +322,7 @@ def run_case(case: str, opts: dict) -> dict:
     del compiled
 
     # Scoring: the 36 test lattices, through the evaluation path's jitted score function.
-    score_fn = evaluate.make_score_fn(method, mesh)
+    score_fn = core.make_score_fn(method, mesh)
     sbatch = parallel.global_batch(mesh, _synthetic_batch(config, score_bs, 2))
     key = jax.random.fold_in(jax.random.key(config.seed), 2)
     compiled, out["score_compile_sec"] = _compile(score_fn, state, sbatch, key)

@@ -35,6 +35,8 @@ Faithful defaults and the flags that change them (jaxad/methods/dpa.py explains 
 
 import ml_collections
 
+from configs import common
+
 # (region, task, axis) -> (nf = latent_dim, learning rate, VGG19 layer, seed): the solution's
 # configs/<region>/<task>/axis_<a>/train_config.yaml.
 MODELS: dict[tuple[str, str, int], tuple[int, float, str, int]] = {
@@ -60,22 +62,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     region, task, axis = VARIANTS.get(arg, ("brain", "pixel", 0))
     nf, lr, layer, seed = MODELS[(region, task, axis)]
-    c = ml_collections.ConfigDict()
+    c = common.get_config()
     c.method = "dpa"
-    c.mode = "train"  # 'eval' evaluates the latest checkpoint in workdir.
     c.seed = seed
 
-    # Data: the slices along one axis (python -m jaxad.data.build mood/<region>_axis<a>).
-    c.data = ml_collections.ConfigDict()
+    # Data: the slices along one axis (python -m jaxad.data.build mood/<region>_axis<a>). For
+    # name='nifti_folder': a folder of NIfTI volumes sliced along `axis`.
     c.data.name = "mood"
     c.data.tfds_name = f"mood/{region}_axis{axis}"
-    c.data.data_dir = ""  # tfds default: $TFDS_DATA_DIR or ~/tensorflow_datasets.
-    # For name='nifti_folder': a folder of NIfTI volumes sliced along `axis`.
-    c.data.root = ""
     c.data.axis = axis
-    c.data.resize = 256
-    c.data.min_nonzero = 4000
-    c.data.filter = True
     c.data.val_fraction = 0.1  # validation volumes (the solution's fold 0 of 10)
     c.data.train_split = "train"  # folds 1-9
     c.data.val_split = "validation"  # fold 0: early stopping
@@ -86,19 +81,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.std = (0.5,)
     c.data.hflip = False  # no augmentation
     c.data.vflip = False
-    c.data.flip_fov = False
-    c.data.fov = "ones"
-    c.data.num_workers = 2
-    c.data.num_threads = 8
-    c.data.prefetch = 4
 
     # Network: residual9 autoencoder, every layer nf wide.
-    c.model = ml_collections.ConfigDict()
     c.model.nf = nf
     c.model.latent_dim = nf
     # The frozen VGG19's first-block channels: 64, or the SimCLR run's width in CPU demos.
     c.model.vgg_width = 64
-    c.model.fast_conv_grad = ml_collections.FieldReference("auto", field_type=object)
 
     # Method. The 3-D inference reads axis, vgg_layer, task and region from the saved config.
     c.dpa = ml_collections.ConfigDict()
@@ -119,28 +107,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_steps = 300_000
 
     # Early stopping: training ends 40,000 steps after the last gain of more than 0.002.
-    c.validation = ml_collections.ConfigDict()
     c.validation.every = 10_000
     c.validation.patience = 3
     c.validation.min_delta = 0.002
 
-    # Loop.
     c.log_every = 10
     c.checkpoint_every = 10_000
     c.keep_checkpoints = 2
-    c.eval_every = 0
-    c.eval = ml_collections.ConfigDict()
-    c.eval.enabled = True
+    # Evaluation of the 2-D maps on the toy slices, and the mean-image baseline (baseline/...).
+    c.evals.model = common.anomaly_map_eval()
+    c.evals.baseline = common.mean_image_eval()
     c.eval.batch_size = 64
-    c.eval.baseline = True
-    c.eval.pixel_metrics = True
-    c.eval.num_overlays = 8
-
-    c.distributed = ml_collections.ConfigDict()
-    c.distributed.enabled = False
-    c.distributed.coordinator_address = ""
-    c.distributed.num_processes = 1
-    c.distributed.process_id = 0
 
     if arg == "demo":
         # Procedural brain MRI volumes (jaxad.data.brain_phantom, 48^3, made on first use), so

@@ -23,24 +23,20 @@ Faithful defaults and the flags that change them:
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "paper"
     if variant not in ("paper", "demo"):
         raise ValueError(f"unknown variant {arg!r} of configs/lesion2void.py: use ':demo' or none.")
-    c = ml_collections.ConfigDict()
+    c = common.get_config()
     c.method = "lesion2void"
-    c.mode = "train"  # 'eval' evaluates the latest checkpoint in workdir.
-    c.seed = 0
 
-    # Data: EyeQ via its tfds builder (python -m jaxad.data.build eyeq --manual_dir=...).
-    c.data = ml_collections.ConfigDict()
+    # Data: EyeQ via its tfds builder (python -m jaxad.data.build eyeq --manual_dir=...);
+    # data.name='folder' with data.root reads an MVTec-layout folder instead.
     c.data.name = "eyeq"
     c.data.tfds_name = "eyeq/good"
-    c.data.data_dir = ""  # tfds default: $TFDS_DATA_DIR or ~/tensorflow_datasets.
-    c.data.root = ""  # for name='folder': an MVTec-layout folder.
-    c.data.train_split = "train"
-    c.data.test_split = "test"
     c.data.image_size = 224
     c.data.channels = 3
     # Statistics of Graham-enhanced EyeQ images, as in the original.
@@ -52,20 +48,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Field of view of folder data (EyeQ stores its own): 'ones', 'eyeq' (EyeQ's fitted circle,
     # computed per image) or 'circle'. It masks the loss and the pixel metrics.
     c.data.fov = "ones"
-    c.data.num_workers = 2
-    c.data.num_threads = 8
-    c.data.prefetch = 4
 
     # Networks.
-    c.model = ml_collections.ConfigDict()
     c.model.width = 64  # U-Net base channels (64 -> 31,043,651 parameters).
     c.model.disc_width = 64  # PatchGAN base channels (64 -> 2,765,633 parameters).
-    # Kernel gradients of the convs by matrix products (jaxad.ops.conv): up to 4.6x faster than
-    # XLA's lowering per layer on CPU, the training step 1.4x (batch 8) to 1.6x (batch 32); see
-    # bench/README.md. 'auto' (CPU backend: on the layer shapes where it measured faster; off on
-    # TPU/GPU), True (every layer) or False (XLA's lowering everywhere). It changes
-    # neither the parameters nor the forward pass.
-    c.model.fast_conv_grad = ml_collections.FieldReference("auto", field_type=object)
+    # model.fast_conv_grad (configs/common.py): the convs' kernel gradients by matrix products
+    # on CPU, up to 4.6x faster per layer than XLA's lowering, the training step 1.4x (batch 8)
+    # to 1.6x (batch 32); see bench/README.md.
 
     # Method.
     c.l2v = ml_collections.ConfigDict()
@@ -93,24 +82,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.eps = 1e-8
     c.batch_size = 32
     c.num_epochs = 50
-    c.total_steps = 0  # > 0 overrides num_epochs.
 
-    # Loop.
-    c.log_every = 50
-    c.checkpoint_every = 1000
-    c.keep_checkpoints = 3
-    c.eval_every = 0  # 0: evaluate once, at the end.
-    c.eval = ml_collections.ConfigDict()
-    c.eval.batch_size = 32
-    c.eval.baseline = True
+    # Evaluation: the maps, and the mean-image baseline (baseline/...) in the same report.
+    c.evals.model = common.anomaly_map_eval()
+    c.evals.baseline = common.mean_image_eval()
     c.eval.pixel_metrics = False  # EyeQ has no lesion masks.
-    c.eval.num_overlays = 8
-
-    c.distributed = ml_collections.ConfigDict()
-    c.distributed.enabled = False
-    c.distributed.coordinator_address = ""  # empty on Cloud TPU: peers are found automatically.
-    c.distributed.num_processes = 1
-    c.distributed.process_id = 0
 
     if variant == "demo":
         # Fundus photographs with synthetic microaneurysms, haemorrhages and exudates, made on
@@ -118,6 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # the paper, and why:
         # - 128 px, networks of width 16, batch 16, 400 steps: the compute budget.
         c.data.name = "demo"
+        c.data.demo = "fundus"
         c.data.tfds_name = ""
         c.data.image_size = 128
         c.model.width = 16

@@ -36,47 +36,35 @@ Faithful defaults and the flags that change them (jaxad/methods/picard.py explai
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "paper"
     if variant not in ("paper", "demo"):
         raise ValueError(f"unknown variant {arg!r} of configs/picard.py: use ':demo' or none.")
-    c = ml_collections.ConfigDict()
+    c = common.get_config()
     c.method = "picard"
-    c.mode = "train"  # 'eval' evaluates the latest checkpoint in workdir.
-    c.seed = 0
 
-    # Data: 2-D DBT slices at full resolution (python -m jaxad.data.build duke_dbt/slices).
-    c.data = ml_collections.ConfigDict()
+    # Data: 2-D DBT slices at full resolution (python -m jaxad.data.build duke_dbt/slices);
+    # data.name='folder' with data.root reads an MVTec-layout folder of large images instead.
     c.data.name = "duke_dbt"
     c.data.tfds_name = "duke_dbt/slices"
-    c.data.data_dir = ""  # tfds default: $TFDS_DATA_DIR or ~/tensorflow_datasets.
-    c.data.root = ""  # for name='folder': an MVTec-layout folder of high-resolution images.
-    c.data.demo = ""  # for name='demo': 'phantom'.
-    c.data.train_split = "train"
-    c.data.test_split = "test"
     c.data.channels = 1
     # Training: random crops at the images' own resolution, never a resize of the whole image;
     # a crop whose brightest pixel is below 0.005 (the original's max >= -0.99 in [-1, 1]) is
     # drawn again.
     c.data.crop_size = 256
     c.data.crop_min_max = 0.005
-    c.data.image_size = 256  # only for shapes; evaluation runs at full resolution (eval.dense).
+    c.data.image_size = 256  # only for shapes; evaluation runs at full resolution.
     c.data.mean = (0.5,)  # x -> 2x - 1, the original's per-window mapping to [-1, 1].
     c.data.std = (0.5,)
     c.data.hflip = False  # the original does not augment.
     c.data.vflip = False
-    c.data.flip_fov = False
-    c.data.fov = "ones"
-    c.data.num_workers = 2
-    c.data.num_threads = 8
-    c.data.prefetch = 4
 
     # Networks.
-    c.model = ml_collections.ConfigDict()
     c.model.width = 32  # generator base channels (ngf): 3,596,162 parameters.
     c.model.critic_width = 32  # critics (ndf): 674,945 local + 699,521 global.
-    c.model.fast_conv_grad = ml_collections.FieldReference("auto", field_type=object)
 
     # Method: training masks, losses, schedule.
     c.picard = ml_collections.ConfigDict()
@@ -113,26 +101,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # On 8 devices use a multiple of 8 (e.g. --config.batch_size=56).
     c.batch_size = 55
     c.num_epochs = 10000  # an epoch is one crop per training image, as in the original
-    c.total_steps = 0  # > 0 overrides num_epochs.
 
-    # Loop.
     c.log_every = 100
     c.checkpoint_every = 5000
-    c.keep_checkpoints = 3
-    c.eval_every = 0
-    c.eval = ml_collections.ConfigDict()
-    c.eval.dense = True  # each test image at full resolution (jaxad.evaluate_dense)
+    # Evaluation: each test image at full resolution, and the per-pixel intensity z-score
+    # against the training images (baseline/...).
+    c.evals.model = common.anomaly_map_eval(full_resolution=True)
+    c.evals.baseline = common.zscore_eval(full_resolution=True, max_train_images=64)
     c.eval.batch_size = 8
-    c.eval.baseline = True  # per-pixel intensity z-score against the training images
-    c.eval.baseline_images = 64
-    c.eval.pixel_metrics = True
-    c.eval.num_overlays = 8
-
-    c.distributed = ml_collections.ConfigDict()
-    c.distributed.enabled = False
-    c.distributed.coordinator_address = ""
-    c.distributed.num_processes = 1
-    c.distributed.process_id = 0
 
     if variant == "demo":
         # 192 px phantoms whose texture continues from the surroundings except inside the
@@ -165,5 +141,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.num_threads = 2
         c.log_every = 50
         c.checkpoint_every = 200
-        c.eval.baseline_images = 48
+        c.evals.baseline.max_train_images = 48
     return c

@@ -40,6 +40,8 @@ Faithful defaults and the flags that change them (jaxad/methods/simclr.py explai
 
 import ml_collections
 
+from configs import common
+
 REGIONS = ("brain", "abdom")
 AXES = (0, 1, 2)
 
@@ -50,45 +52,30 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(
             f"unknown variant {arg!r} of configs/simclr_vgg19.py: use ':demo' or none."
         )
-    c = ml_collections.ConfigDict()
+    c = common.get_config()
     c.method = "simclr"
-    c.mode = "train"
-    c.seed = 0
 
-    # Data: the six slice datasets of the mood tfds builder, read as one source.
-    c.data = ml_collections.ConfigDict()
+    # Data: the six slice datasets of the mood tfds builder, read as one source. For
+    # name='nifti_folder': a folder of NIfTI volumes, sliced along every axis in `axis` (the
+    # solution's preparation: resize 256, >= 4000 non-zero pixels).
     c.data.name = "mood"
     c.data.tfds_name = ",".join(f"mood/{r}_axis{a}" for r in REGIONS for a in AXES)
-    c.data.data_dir = ""  # tfds default: $TFDS_DATA_DIR or ~/tensorflow_datasets.
-    # For name='nifti_folder': a folder of NIfTI volumes, sliced along every axis in `axis`.
-    c.data.root = ""
     c.data.axis = "0,1,2"
-    c.data.resize = 256
-    c.data.min_nonzero = 4000
-    c.data.filter = True
     c.data.val_fraction = 0.1  # validation volumes (the solution's fold 0 of 10)
     c.data.train_split = "train"  # folds 1-9
     c.data.val_split = "validation"  # fold 0
-    c.data.test_split = "validation"  # unused: eval.enabled is False
     c.data.image_size = 256  # the builder's slices; crops are taken from these
     c.data.channels = 1
     c.data.mean = (0.0,)  # the views are unnormalised [0, 1] images, as in the original
     c.data.std = (1.0,)
     c.data.hflip = False  # flips happen in the on-device augmentation
     c.data.vflip = False
-    c.data.flip_fov = False
-    c.data.fov = "ones"
-    c.data.num_workers = 2
-    c.data.num_threads = 8
-    c.data.prefetch = 4
 
     # Network: SimCLRModel (VGG19 conv stack, adaptive pool, projection head).
-    c.model = ml_collections.ConfigDict()
     c.model.out_dim = 256
     c.model.hidden = 2048
     c.model.pool_size = 7  # AdaptiveAvgPool2d((7, 7)): 25088 features into the head
     c.model.vgg_width = 64  # VGG19's first-block channels; smaller only for CPU demos
-    c.model.fast_conv_grad = ml_collections.FieldReference("auto", field_type=object)
 
     # Method: views, loss, schedule.
     c.simclr = ml_collections.ConfigDict()
@@ -116,32 +103,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.eps = 1e-8
     c.batch_size = 256
     c.num_epochs = 80
-    c.total_steps = 0  # > 0 overrides num_epochs.
 
     # Validation after every epoch (an estimate in steps, see above); the best state is what
     # the DPA loads. No early stopping: the original ran all 80 epochs.
-    c.validation = ml_collections.ConfigDict()
     c.validation.every = 2700
-    c.validation.patience = 0
-    c.validation.min_delta = 0.0
+    c.eval.batch_size = 256  # validation batches: NT-Xent depends on the batch size
 
-    # Loop.
-    c.log_every = 50
     c.checkpoint_every = 2700
     c.keep_checkpoints = 2
-    c.eval_every = 0
-    c.eval = ml_collections.ConfigDict()
-    c.eval.enabled = False  # pre-training: no anomaly maps to evaluate
-    c.eval.batch_size = 256  # validation batches: NT-Xent depends on the batch size
-    c.eval.baseline = False
-    c.eval.pixel_metrics = False
-    c.eval.num_overlays = 0
-
-    c.distributed = ml_collections.ConfigDict()
-    c.distributed.enabled = False
-    c.distributed.coordinator_address = ""
-    c.distributed.num_processes = 1
-    c.distributed.process_id = 0
+    # Pre-training: no anomaly maps, so no evaluators (c.evals stays empty).
 
     if variant == "demo":
         # Procedural brain MRI volumes (jaxad.data.brain_phantom, 48^3, made on first use), so

@@ -10,6 +10,9 @@ downloaded by hand, with two options that `python -m jaxad.data.build` passes th
 
 Errors about the raw files are one line naming the file, followed by the builder's expected
 layout (`require_file`, `read_csv`), so a user sees at once what is missing and where it goes.
+
+The seeded hash splits (`hash_rank`, `hash_split`, `hash_splits`) live in `jaxad.data.splits`,
+which reads data without tfds; they are re-exported here for the builders.
 """
 
 from __future__ import annotations
@@ -18,10 +21,9 @@ import collections
 import concurrent.futures
 import csv
 import dataclasses
-import hashlib
 import io
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -29,6 +31,11 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 from PIL import Image
+
+# Re-exported (`as` marks them so): builders call them as `common.hash_split` and so on.
+from jaxad.data.splits import hash_rank as hash_rank
+from jaxad.data.splits import hash_split as hash_split
+from jaxad.data.splits import hash_splits as hash_splits
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -157,47 +164,6 @@ def _parse(
         return convert(value)
     except ValueError:
         raise RawDataError(f"{path}:{line}: column {column!r} is not a number: {value!r}") from None
-
-
-def hash_rank(names: Iterable[str], seed: int) -> list[str]:
-    """The distinct `names` ordered by a seeded hash of each (SHA-256 of "<seed>/<name>").
-
-    Hashing rather than a numpy draw keeps the order identical across numpy versions and
-    independent of the order of `names`.
-    """
-
-    def rank(name: str) -> str:
-        return hashlib.sha256(f"{seed}/{name}".encode()).hexdigest()
-
-    return sorted(sorted(set(names)), key=rank)
-
-
-def hash_split(names: Iterable[str], fraction: float, seed: int) -> set[str]:
-    """Returns round(fraction * len(names)) of `names`: the first ones in `hash_rank` order."""
-    ranked = hash_rank(names, seed)
-    return set(ranked[: round(fraction * len(ranked))])
-
-
-def hash_splits(
-    names: Iterable[str], fractions: Mapping[str, float], seed: int, *, rest: str
-) -> dict[str, set[str]]:
-    """Cuts the `hash_rank` order of `names` into consecutive blocks, one per entry of `fractions`.
-
-    Block i ends at round(c * n), c the sum of the first i + 1 fractions and n the number of
-    names; the names after the last block form the split `rest`. With fractions f1, f2, ... the
-    first block is `hash_split(names, f1, seed)`, the first two together
-    `hash_split(names, f1 + f2, seed)`, and so on: changing a fraction keeps the blocks before it.
-    """
-    ranked = hash_rank(names, seed)
-    splits: dict[str, set[str]] = {}
-    start, total = 0, 0.0
-    for name, fraction in fractions.items():
-        total += fraction
-        end = max(start, round(total * len(ranked)))
-        splits[name] = set(ranked[start:end])
-        start = end
-    splits[rest] = set(ranked[start:])
-    return splits
 
 
 def ordered_map(

@@ -7,6 +7,7 @@ Any config field can be overridden with `--config.key=value` (e.g. `--config.bat
 
 from __future__ import annotations
 
+import re
 import sys
 
 from absl import app, flags
@@ -23,9 +24,15 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:
-        key = next((a.split("=")[0] for a in argv if a.startswith("--config.")), "--config.?")
-        hint = str(e).replace("\\n", " ").replace("\n", " ").strip("'\" ")
-        _die(f"unknown config key {key} ({hint}); see the config file for valid keys.")
+        text = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split()).strip("'\" ")
+        match = re.match(r"'?(\w+)'?\s*(.*)", text)
+        name, hint = (match.group(1), match.group(2)) if match else ("", text)
+        keys = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        # The override whose last component the error names, else the first one.
+        named = [k for k in keys if k.rsplit(".", 1)[-1] == name]
+        key = (named or keys or ["--config.?"])[0]
+        hint = f" ({hint})" if hint else ""
+        _die(f"unknown config key {key}{hint}; see the config file for valid keys.")
     except flags.Error as e:
         _die(str(e))
     except (ValueError, FileNotFoundError, ImportError) as e:

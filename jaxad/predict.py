@@ -2,12 +2,14 @@ r"""Anomaly maps and image scores for a folder of unlabelled images, with a trai
 
   python -m jaxad.predict --workdir=DIR --input=FOLDER --output=OUT
 
-Reads the run's `config.json` and latest checkpoint, scores every image under FOLDER
+Loads the run with `jaxad.checkpoint.load_run` (its config and best validated state, else its
+latest checkpoint: the state its final evaluation scored), scores every image under FOLDER
 (recursively) with the same preprocessing and `method.score` as evaluation, and writes
 `OUT/<relative path>.npy` (the map, resized to the image's own size), `OUT/<relative path>.png`
-(an overlay) and `OUT/scores.csv` (path, score). Runs with `eval.dense` (window-based methods
-such as PICARD) score each image at its own resolution instead, one at a time, and the image
-score is the map's maximum.
+(an overlay) and `OUT/scores.csv` (path, score). Runs evaluated at full resolution (an
+`anomaly_map` evaluator with `full_resolution=True`: window-based methods such as PICARD)
+score each image at its own resolution instead, one at a time, with `method.dense_map`, and
+the image score is the map's maximum.
 """
 
 from __future__ import annotations
@@ -28,26 +30,25 @@ _BATCH = flags.DEFINE_integer("batch_size", 0, "Global batch size (0: config.eva
 
 def predict(workdir: str, input_dir: str, output_dir: str, batch_size: int = 0) -> str:
     """Scores every image under `input_dir`; returns the path of the written scores.csv."""
-    from jaxad import checkpoint, methods, parallel, train
+    from jaxad import checkpoint, parallel
     from jaxad.data import sources
+    from jaxad.evals import core
 
-    config = train.load_config(workdir)
+    mesh = parallel.make_mesh()
+    run = checkpoint.load_run(workdir, mesh=mesh)
+    config = run.config
     if batch_size:
         config.eval.batch_size = batch_size
+    full_resolution = core.uses_full_resolution(config)
+    _check_hook(run, "dense_map" if full_resolution else "score")
     src = sources.ImageListSource(input_dir, channels=config.data.channels)
-    mesh = parallel.make_mesh()
-    method = methods.create(config)
-    local_bs = parallel.local_batch_size(config.eval.batch_size, mesh, key="batch_size")
-    state = train.init_state(method, config, mesh, local_bs)
-    ckpt = checkpoint.Checkpointer(
-        workdir, every_steps=config.checkpoint_every, keep=config.keep_checkpoints
-    )
-    state, _ = ckpt.restore(state)
-    ckpt.close()
-    if config.eval.get("dense", False):
-        rows = _predict_dense(config, method, state, src, output_dir)
+    if full_resolution:
+        rows = _predict_full_resolution(config, run.method, run.state, src, output_dir)
     else:
-        rows = _predict_batched(config, method, state, mesh, src, input_dir, output_dir, local_bs)
+        local_bs = parallel.local_batch_size(config.eval.batch_size, mesh, key="batch_size")
+        rows = _predict_batched(
+            config, run.method, run.state, mesh, src, input_dir, output_dir, local_bs
+        )
     path = os.path.join(output_dir, "scores.csv")
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -56,22 +57,36 @@ def predict(workdir: str, input_dir: str, output_dir: str, batch_size: int = 0) 
     return path
 
 
-def _predict_dense(config, method, state, src, output_dir: str) -> list[tuple[str, float]]:
-    """Full-resolution maps, one image at a time (window-based methods; see evaluate_dense)."""
+def _check_hook(run, hook: str) -> None:
+    """A one-line error for a run whose method makes no anomaly maps (e.g. pre-training)."""
+    from jaxad import methods
+
+    if not methods.provides(run.method, hook):
+        raise ValueError(
+            f"{run.workdir} is a run of method {run.config.method!r}, which has no {hook}: it "
+            "makes no anomaly maps to predict with."
+        )
+
+
+def _predict_full_resolution(
+    config, method, state, src, output_dir: str
+) -> list[tuple[str, float]]:
+    """Maps at each image's own size, one image at a time (window-based methods)."""
     import jax
 
-    from jaxad import evaluate_dense, viz
+    from jaxad import viz
+    from jaxad.evals import core
 
     key = jax.random.fold_in(jax.random.key(config.seed), 2)
     rows = []
     for i in range(len(src)):
         rec = src[i]
-        image = evaluate_dense.unit_image(rec, config.data.channels)
+        image = core.unit_image(rec, config.data.channels)
         amap = np.asarray(method.dense_map(state, image, jax.random.fold_in(key, i)), np.float32)
         stem = os.path.join(output_dir, os.path.splitext(rec["id"])[0])
         os.makedirs(os.path.dirname(stem), exist_ok=True)
         np.save(stem + ".npy", amap)
-        viz.save_png(stem + ".png", viz.side_by_side(*evaluate_dense.downscale(image, amap)[:2]))
+        viz.save_png(stem + ".png", viz.side_by_side(*core.downscale(image, amap)[:2]))
         rows.append((rec["id"], float(amap.max())))
     return rows
 
@@ -80,12 +95,13 @@ def _predict_batched(
     config, method, state, mesh, src, input_dir: str, output_dir: str, local_bs: int
 ) -> list[tuple[str, float]]:
     """Maps at `data.image_size` resized back to each image's size (the shared evaluation path)."""
-    from jaxad import evaluate, viz
+    from jaxad import viz
     from jaxad.data import pipeline, sources
+    from jaxad.evals import core
 
     batches = pipeline.source_batches(src, config.data, local_batch_size=local_bs)
     rows = []
-    for local, out in evaluate.score_stream(method, state, mesh, batches, config.seed):
+    for local, out in core.score_stream(method, state, mesh, batches, config.seed):
         for j in np.flatnonzero(local["valid"]):
             rel = str(local["id"][j])
             full = os.path.join(input_dir, rel)

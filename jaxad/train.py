@@ -1,13 +1,13 @@
 """The one training loop shared by every method.
 
 mesh -> data -> method state -> jitted data-parallel steps -> logging, checkpoints, evaluation.
-A method supplies `init`, `train_step` and `score` (see `jaxad.methods.base`); nothing here is
-method-specific.
+A method supplies `init` and `train_step`, and the optional hooks of `jaxad.methods.base`
+(`eval_loss` turns validation on, `init_from` takes another run's weights); evaluation is the
+evaluators of `config.evals` (`jaxad.evals`). Nothing here is method-specific.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from clu import parameter_overview
 
-from jaxad import checkpoint, evaluate, methods, parallel, writers
+from jaxad import checkpoint, evals, methods, parallel, writers
 from jaxad.data import pipeline
 
 
@@ -50,7 +50,7 @@ class _Preemption:
 
 def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
     """`config.total_steps` if set, else `num_epochs` epochs of full batches (drop_last)."""
-    if config.get("total_steps", 0):
+    if config.total_steps:
         return int(config.total_steps)
     steps_per_epoch = num_train // config.batch_size
     if steps_per_epoch == 0:
@@ -59,25 +59,6 @@ def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
             f"{config.batch_size}; lower the batch size or add images."
         )
     return int(math.ceil(config.num_epochs * steps_per_epoch))
-
-
-def example_batch(config: ml_collections.ConfigDict, local_batch_size: int) -> dict:
-    """A zero batch with the pipeline's shapes, for building the state without reading data."""
-    s, c = config.data.get("crop_size", 0) or config.data.image_size, config.data.channels
-    return {
-        "image": np.zeros((local_batch_size, s, s, c), np.float32),
-        "fov": np.ones((local_batch_size, s, s), np.float32),
-        "mask": np.zeros((local_batch_size, s, s), np.float32),
-        "label": np.zeros((local_batch_size,), np.int32),
-        "grade": np.zeros((local_batch_size,), np.int32),
-    }
-
-
-def init_state(method, config, mesh, local_batch_size: int) -> Any:
-    """Creates the method's state directly replicated on the mesh."""
-    init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
-    batch = parallel.global_batch(mesh, example_batch(config, local_batch_size))
-    return jax.jit(method.init, out_shardings=parallel.replicated(mesh))(init_key, batch)
 
 
 def parameter_counts(state: Any) -> str:
@@ -120,20 +101,11 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
             f.write(config.to_json_best_effort(indent=2))
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run was trained with (written by `run`), for prediction."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {workdir} the workdir of a jaxad run?")
-    with open(path, encoding="utf-8") as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (mode=train) or evaluates the latest checkpoint (mode=eval); returns eval metrics."""
     if config.mode not in ("train", "eval"):
         raise ValueError(f"config.mode={config.mode!r}: use 'train' or 'eval'.")
-    parallel.initialize_distributed(config.get("distributed"))
+    parallel.initialize_distributed(config.distributed)
     mesh = parallel.make_mesh()
     method = methods.create(config)
     local_bs = parallel.local_batch_size(config.batch_size, mesh)
@@ -141,12 +113,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt = checkpoint.Checkpointer(
         workdir, every_steps=config.checkpoint_every, keep=config.keep_checkpoints
     )
-    state = init_state(method, config, mesh, local_bs)
+    evals.check(config, method)  # A typo in config.evals fails now, not after training.
+    state = methods.init_state(method, config, mesh, local_bs)
     writers.log_info("parameters: %s", parameter_counts(state))
     if config.mode == "eval":
         state, meta = ckpt.restore(state)
         ckpt.close()
-        return evaluate.evaluate(config, workdir, method, state, mesh, step=meta["step"])
+        return evals.run(config, workdir, method, state, mesh, step=meta["step"])
 
     save_config(config, workdir)
     train_it = pipeline.train_iterator(
@@ -158,6 +131,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state, meta = ckpt.restore(state, train_it)
         first_step = int(meta["step"])
         writers.log_info("resumed from step %d in %s", first_step, ckpt.directory)
+    else:
+        state = checkpoint.apply_init_from(config, method, state, mesh)
     validation = _Validation(config, workdir, method, mesh, meta)
     writers.log_info(
         "training %s for %d steps, global batch %d on %d devices",
@@ -211,8 +186,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             writers.log_info("stopped at step %d; rerun the same command to resume.", step)
             return {"preempted_at_step": step}
         if config.eval_every and step % config.eval_every == 0 and not last:
-            results = evaluate.evaluate(config, workdir, method, state, mesh, step=step)
-            writer.write_scalars(step, _eval_scalars(results))
+            results = evals.run(config, workdir, method, state, mesh, step=step)
+            writer.write_scalars(step, evals.scalars(results))
     ckpt.close()
     if validation.every:
         if validation.last_step != step:  # As the original: validate the final state too.
@@ -221,30 +196,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = validation.best_state(state)
         step = validation.best_step or step
         validation.close()
-    if not config.eval.get("enabled", True):  # e.g. pre-training, which has no anomaly maps
-        writer.close()
-        return {"step": step, **validation.meta()}
-    results = evaluate.evaluate(config, workdir, method, state, mesh, step=step)
-    writer.write_scalars(step, _eval_scalars(results))
+    results = evals.run(config, workdir, method, state, mesh, step=step)
+    writer.write_scalars(step, evals.scalars(results))
     writer.close()
-    return results
+    return {**validation.meta(), **results}
 
 
 class _Validation:
     """Validation loss every `config.validation.every` steps, with early stopping (DPA, §5).
 
     The loss is `method.eval_loss(state, batch, key)` (per example) averaged over the examples
-    of `config.data.val_split` (default "validation"). A loss below the best minus `min_delta`
+    of `config.data.val_split`. A loss below the best minus `min_delta`
     is a new best: the state is saved to `workdir/best`; training stops when `patience`
     validations in a row brought none. The best loss and step travel in the checkpoint's meta,
     so a resumed run keeps counting. Off when `every` is 0 or the method has no `eval_loss`.
     """
 
     def __init__(self, config, workdir: str, method, mesh, meta: dict | None = None):
-        cfg = config.get("validation") or ml_collections.ConfigDict()
-        self.every = int(cfg.get("every", 0)) if hasattr(method, "eval_loss") else 0
-        self.patience = int(cfg.get("patience", 0))
-        self.min_delta = float(cfg.get("min_delta", 0.0))
+        cfg = config.validation
+        self.every = int(cfg.every) if methods.provides(method, "eval_loss") else 0
+        self.patience = int(cfg.patience)
+        self.min_delta = float(cfg.min_delta)
         self.config, self.method, self.mesh = config, method, mesh
         meta = meta or {}
         self.best = float(meta.get("best_val_loss", np.inf))
@@ -270,7 +242,7 @@ class _Validation:
         key = jax.random.fold_in(jax.random.key(self.config.seed), 3)
         batches = pipeline.eval_batches(
             self.config.data,
-            self.config.data.get("val_split", "validation"),
+            self.config.data.val_split,
             local_batch_size=local_bs,
         )
         for i, local in enumerate(batches):
@@ -297,11 +269,3 @@ class _Validation:
     def close(self) -> None:
         if self._ckpt is not None:
             self._ckpt.close()
-
-
-def _eval_scalars(results: dict) -> dict:
-    return {
-        f"eval/{k}": v
-        for k, v in results.items()
-        if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
-    }

@@ -9,42 +9,48 @@ from etils import epath
 
 from data_builders import common
 from jaxad.data import build as build_lib
-from jaxad.data import sources
+from jaxad.data import sources, splits
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def test_builders_split_with_jaxads_hash_splits():
+    """The builders' `common.hash_*` are `jaxad.data.splits`', which splits NIfTI folders too."""
+    assert common.hash_rank is splits.hash_rank and common.hash_split is splits.hash_split
+    assert common.hash_splits is splits.hash_splits
+
+
 def test_hash_split_is_seeded_and_order_free():
     names = [f"{i}_left" for i in range(200)]
-    chosen = common.hash_split(names, 0.1, seed=0)
+    chosen = splits.hash_split(names, 0.1, seed=0)
     assert len(chosen) == 20 and chosen <= set(names)
-    assert common.hash_split(names[::-1], 0.1, seed=0) == chosen
-    assert common.hash_split(names, 0.1, seed=1) != chosen
+    assert splits.hash_split(names[::-1], 0.1, seed=0) == chosen
+    assert splits.hash_split(names, 0.1, seed=1) != chosen
 
 
 def test_hash_rank_known_answer():
     names = [f"n{i}" for i in range(10)]
     ranked = ["n1", "n0", "n5", "n8", "n4", "n6", "n7", "n3", "n9", "n2"]
-    assert common.hash_rank(names, seed=0) == ranked
-    assert common.hash_rank(names[::-1] + names[:3], seed=0) == ranked  # order and repeats
-    assert common.hash_rank(names, seed=1)[:3] == ["n6", "n1", "n2"]
-    assert common.hash_split(names, 0.3, seed=0) == set(ranked[:3])
+    assert splits.hash_rank(names, seed=0) == ranked
+    assert splits.hash_rank(names[::-1] + names[:3], seed=0) == ranked  # order and repeats
+    assert splits.hash_rank(names, seed=1)[:3] == ["n6", "n1", "n2"]
+    assert splits.hash_split(names, 0.3, seed=0) == set(ranked[:3])
 
 
 def test_hash_splits_cuts_consecutive_blocks():
     names = [f"n{i}" for i in range(10)]
-    ranked = common.hash_rank(names, seed=0)
-    splits = common.hash_splits(names, {"test": 0.2, "validation": 0.3}, seed=0, rest="train")
-    assert splits == {
+    ranked = splits.hash_rank(names, seed=0)
+    blocks = splits.hash_splits(names, {"test": 0.2, "validation": 0.3}, seed=0, rest="train")
+    assert blocks == {
         "test": {"n1", "n0"},
         "validation": {"n5", "n8", "n4"},
         "train": set(ranked[5:]),
     }
-    assert splits["test"] | splits["validation"] == common.hash_split(names, 0.5, seed=0)
+    assert blocks["test"] | blocks["validation"] == splits.hash_split(names, 0.5, seed=0)
     # Each cut rounds its running total half to even: 1.5 -> 2 and 2.5 -> 2.
-    splits = common.hash_splits(names, {"test": 0.15, "validation": 0.1}, seed=0, rest="train")
-    assert splits == {"test": {"n1", "n0"}, "validation": set(), "train": set(ranked[2:])}
-    assert common.hash_splits([], {"a": 0.5}, seed=0, rest="b") == {"a": set(), "b": set()}
+    blocks = splits.hash_splits(names, {"test": 0.15, "validation": 0.1}, seed=0, rest="train")
+    assert blocks == {"test": {"n1", "n0"}, "validation": set(), "train": set(ranked[2:])}
+    assert splits.hash_splits([], {"a": 0.5}, seed=0, rest="b") == {"a": set(), "b": set()}
 
 
 def test_parse_numbers_name_the_file_line_and_column(tmp_path):

@@ -5,12 +5,12 @@ import re
 import shutil
 
 import builder_testing
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from configs.common import data_config
 from data_builders import common
 from data_builders.covid19_radiography import Builder, fake_data, normal_split
 from data_builders.covid19_radiography import covid19_radiography_dataset_builder as covid
@@ -147,7 +147,8 @@ def test_jaxad_reads_it(data_dir):
     for rec in records:
         assert rec["image"].shape == (16, 16, 1) and rec["fov"].shape == (16, 16)
         assert 0 < rec["fov"].mean() < 1 and not rec["has_mask"] and not rec["mask"].any()
-    cfg = ml_collections.ConfigDict(
+    cfg = data_config()
+    cfg.update(
         dict(
             name="covid",
             tfds_name="covid19_radiography/morphaeus",

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxad import checkpoint, methods, train
+from jaxad import checkpoint, methods, parallel, train
 from jaxad.methods import dpa, simclr
 from jaxad.models.dpa import Autoencoder
 from jaxad.models.vgg import CONV_NAMES, VGG19Features
@@ -201,6 +202,94 @@ def test_vgg_weights_from_npz_and_missing_path(tmp_path):
         method.train_step(state, batch, jax.random.key(1))
 
 
+def _run(workdir, config, state, source="best", step=1):
+    """A loaded run as `checkpoint.load_run` returns it (for the `init_from` hook)."""
+    return checkpoint.Run(str(workdir), config, None, state, step, source)
+
+
+def _simclr_config(width=8):
+    from configs import simclr_vgg19
+
+    c = simclr_vgg19.get_config()
+    c.model.vgg_width = width
+    return c
+
+
+def test_init_from_takes_the_vgg_of_a_simclr_run_and_the_networks_of_a_dpa_run(tmp_path):
+    simclr_dir = tmp_path / "simclr"
+    simclr_dir.mkdir()
+    method = methods.create(tiny_config(**{"dpa.vgg_weights": str(simclr_dir)}))
+    assert method.init_runs() == [str(simclr_dir)]
+    batch = {"image": jnp.zeros((1, 16, 16, 1))}
+    fresh = jax.jit(method.init)(jax.random.key(0), batch)
+    # Until the run is handed over, the fixed-seed random VGG holds its place.
+    random = simclr.load_vgg_params("", 8)
+    jax.tree.map(np.testing.assert_array_equal, fresh["vgg"]["params"], random)
+    features = jax.tree.map(lambda p: p + 1.0, random)
+    state = method.init_from(
+        fresh, _run(simclr_dir, _simclr_config(), {"model": {"params": {"features": features}}})
+    )
+    jax.tree.map(np.testing.assert_array_equal, state["vgg"]["params"], features)
+    jax.tree.map(np.testing.assert_array_equal, state["ae"], fresh["ae"])
+    wide = simclr.load_vgg_params("", 16)
+    with pytest.raises(ValueError, match="have width 16, not model.vgg_width=8"):
+        method.init_from(
+            fresh, _run(simclr_dir, _simclr_config(16), {"model": {"params": {"features": wide}}})
+        )
+    # Another DPA run (config.init_from.workdir): its autoencoder and VGG, not its optimiser.
+    other = jax.jit(method.init)(jax.random.key(1), batch)
+    dpa_run = _run(tmp_path / "dpa", tiny_config(), method.inference_state(other))
+    state = method.init_from(fresh, dpa_run)
+    jax.tree.map(np.testing.assert_array_equal, state["ae"], other["ae"])
+    jax.tree.map(np.testing.assert_array_equal, state["opt"], fresh["opt"])
+    bigger = methods.create(tiny_config(**{"model.nf": 8, "model.latent_dim": 8}))
+    with pytest.raises(ValueError, match="dpa has other shapes .*model.nf, model.latent_dim"):
+        bigger.init_from(jax.eval_shape(bigger.init, jax.random.key(0), batch), dpa_run)
+    # dpa.vgg_weights must name a SimCLR run; nothing else gives VGG weights.
+    as_vgg = _run(simclr_dir, tiny_config(), method.inference_state(other))
+    with pytest.raises(ValueError, match="is a run of method 'dpa', not 'simclr'"):
+        method.init_from(fresh, as_vgg)
+    l2v = _run(tmp_path / "l2v", tiny_config(**{"method": "lesion2void"}), {})
+    with pytest.raises(ValueError, match="l2v is a run of method 'lesion2void', not 'simclr'"):
+        method.init_from(fresh, l2v)
+    # No folder, no run to load: a .npz, '' or a missing path are read by init itself.
+    assert methods.create(tiny_config()).init_runs() == []
+    gone = methods.create(tiny_config(**{"dpa.vgg_weights": str(tmp_path / "gone")}))
+    assert gone.init_runs() == []
+
+
+def test_vgg_weights_from_a_saved_simclr_run_best_else_latest(tmp_path):
+    """`dpa.vgg_weights=<SimCLR workdir>` as the loop applies it, on a run saved directly."""
+    workdir = str(tmp_path / "simclr")
+    sc_config = _simclr_config()
+    sc_config.model.hidden, sc_config.model.out_dim, sc_config.model.pool_size = 16, 8, 1
+    sc_config.simclr.crop_size = 32
+    sc_method = methods.create(sc_config)
+    mesh = parallel.make_mesh()
+    saved = {}
+    for source, seed in (("best", 1), ("latest", 2)):
+        saved[source] = jax.jit(sc_method.init)(jax.random.key(seed), None)
+        ckpt = checkpoint.Checkpointer(
+            workdir, every_steps=1, keep=1, async_save=False, name=checkpoint.FOLDERS[source]
+        )
+        ckpt.save(seed, jax.device_put(saved[source], parallel.replicated(mesh)), None, {})
+        ckpt.close()
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(sc_config.to_json_best_effort())
+    config = tiny_config(**{"dpa.vgg_weights": workdir})
+    method = methods.create(config)
+    fresh = methods.init_state(method, config, mesh, 1)
+    for source in ("best", "latest"):
+        state = checkpoint.apply_init_from(config, method, fresh, mesh)
+        expected = saved[source]["model"]["params"]["features"]
+        jax.tree.map(np.testing.assert_array_equal, state["vgg"]["params"], expected)
+        jax.tree.map(np.testing.assert_array_equal, state["ae"], fresh["ae"])
+        leaf = state["vgg"]["params"]["conv1_1"]["kernel"]
+        assert leaf.sharding == fresh["vgg"]["params"]["conv1_1"]["kernel"].sharding
+        if source == "best":
+            shutil.rmtree(os.path.join(workdir, "best"))  # then: the latest checkpoint
+
+
 def test_full_size_parameter_counts():
     from configs import dpa as dpa_configs
 
@@ -212,6 +301,7 @@ def test_full_size_parameter_counts():
         assert count(state["vgg"]["params"]) == 20_024_384
 
 
+@pytest.mark.slow
 def test_run_stops_early_and_keeps_the_best_state(fundus_root, tmp_path):
     # Validation every 2 steps; after the first, a gain must exceed 1e9, so none does and
     # with patience 1 training stops at step 6 (two validations without gain), best at 2.
@@ -229,7 +319,7 @@ def test_run_stops_early_and_keeps_the_best_state(fundus_root, tmp_path):
     best = checkpoint.Checkpointer(str(workdir), every_steps=0, keep=1, name="best")
     assert best.latest_step() == 2
     best.close()
-    saved = train.load_config(str(workdir))
+    saved = checkpoint.load_config(str(workdir))
     assert (saved.dpa.axis, saved.dpa.vgg_layer, saved.model.nf) == (0, "r32", 4)
 
 

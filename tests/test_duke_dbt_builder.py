@@ -5,12 +5,12 @@ import re
 import shutil
 
 import builder_testing
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from etils import epath
 
+from configs.common import data_config
 from data_builders import common
 from data_builders.duke_dbt import (
     Builder,
@@ -188,7 +188,8 @@ def test_jaxad_reads_the_dataset(data_dir, raw):
     for r in records:
         assert r["image"].shape == (info["rows"], info["cols"], 1) and r["has_mask"]
         assert r["label"] == int(r["mask"].any()) and r["grade"] in (0, 2, 3)
-    cfg = ml_collections.ConfigDict(
+    cfg = data_config()
+    cfg.update(
         dict(
             name="tfds",
             tfds_name="duke_dbt/slices",
@@ -198,6 +199,7 @@ def test_jaxad_reads_the_dataset(data_dir, raw):
             mean=(0.2,),
             std=(0.3,),
             num_threads=1,
+            num_workers=0,
             prefetch=1,
         )
     )

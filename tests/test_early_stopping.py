@@ -1,13 +1,19 @@
 """Validation and early stopping in the shared loop, with a fake method of known losses."""
 
+import csv
 import json
 
 import jax.numpy as jnp
+import pytest
 
 from jaxad import checkpoint, methods, train
+from jaxad.methods.base import Method
+
+# Each test runs the training loop (with a fake method): the end-to-end tier.
+pytestmark = pytest.mark.slow
 
 
-class CountingMethod:
+class CountingMethod(Method):
     """w grows by 1 per step; the validation loss |w - 3| is best after step 3."""
 
     def init(self, key, batch):
@@ -42,8 +48,8 @@ def _config(fundus_root, **validation):
 
 
 def _image_scores(workdir):
-    lines = (workdir / "eval" / "scores.csv").read_text().splitlines()[1:]
-    return {float(line.split(",")[3]) for line in lines}
+    with open(workdir / "eval" / "scores.csv", newline="") as f:
+        return {float(row["score"]) for row in csv.DictReader(f)}
 
 
 def test_stops_early_and_evaluates_the_best_state(fundus_root, tmp_path, monkeypatch):
@@ -71,7 +77,7 @@ def test_min_delta_without_patience_runs_to_the_end(fundus_root, tmp_path, monke
 
 def test_off_without_eval_loss(fundus_root, tmp_path, monkeypatch):
     attrs = {k: v for k, v in vars(CountingMethod).items() if k != "eval_loss"}
-    no_eval_loss = type("NoEvalLoss", (), attrs)
+    no_eval_loss = type("NoEvalLoss", (Method,), attrs)
     monkeypatch.setattr(methods, "create", lambda config: no_eval_loss())
     results = train.run(_config(fundus_root), str(tmp_path / "run"))
     assert results["step"] == 12

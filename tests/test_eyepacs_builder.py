@@ -3,11 +3,11 @@
 import re
 
 import builder_testing
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from configs.common import data_config
 from data_builders import common
 from data_builders.eyepacs import Builder, fake_data
 from jaxad.data import build as build_lib
@@ -78,7 +78,8 @@ def test_jaxad_reads_it(data_dir):
     assert record["image"].shape == (512, 512, 3) and record["fov"].shape == (512, 512)
     assert not record["has_mask"] and record["grade"] in range(5)
     assert record["label"] == int(record["grade"] > 0)
-    cfg = ml_collections.ConfigDict(
+    cfg = data_config()
+    cfg.update(
         {
             "name": "eyepacs",
             "tfds_name": "eyepacs/crop_512",

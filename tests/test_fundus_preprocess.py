@@ -5,7 +5,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from data_builders import fundus
+from jaxad.data import fundus
 
 
 def _disc_image(h, w, centre, radius, colour=(180, 80, 30), background=0, seed=0):

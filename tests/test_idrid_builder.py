@@ -5,16 +5,16 @@ import re
 import shutil
 
 import builder_testing
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data_builders import common, fundus
+from configs.common import data_config
+from data_builders import common
 from data_builders.idrid import Builder, fake_data, idrid_dataset_builder, lesion_boxes
 from jaxad.data import build as build_lib
-from jaxad.data import pipeline, sources
+from jaxad.data import fundus, pipeline, sources
 
 CONFIGS = ("segmentation", "segmentation_512", "grading", "grading_512")
 SEG_IMAGES = "A. Segmentation/1. Original Images"
@@ -182,7 +182,8 @@ def test_read_without_builder_code(data_dir):
 
 
 def _data_cfg(data_dir, name):
-    return ml_collections.ConfigDict(
+    cfg = data_config()
+    cfg.update(
         {
             "name": "idrid",
             "tfds_name": name,
@@ -195,6 +196,7 @@ def _data_cfg(data_dir, name):
             "num_threads": 1,
         }
     )
+    return cfg
 
 
 def test_jaxad_reads_masks_and_labels(data_dir):

@@ -7,18 +7,18 @@ import weakref
 
 import builder_testing
 import grain
-import ml_collections
 import nibabel as nib
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from configs.common import data_config
 from data_builders import common
-from data_builders.mood import Builder, MoodConfig, fake_data, hash_folds, slices
+from data_builders.mood import Builder, MoodConfig, fake_data, hash_folds
 from data_builders.mood import mood_dataset_builder as mood
 from jaxad.data import build as build_lib
-from jaxad.data import pipeline, sources
+from jaxad.data import pipeline, slices, sources, splits
 
 CONFIGS = [f"{r}_volumes" for r in ("brain", "abdom")] + [
     f"{r}_axis{a}" for r in ("brain", "abdom") for a in range(3)
@@ -189,7 +189,8 @@ def test_read_through_jaxad_and_grain(raw, data_dir):
     assert batch["label"].tolist() == [0, 0, 0, 0]
 
     # The DPA solution's training transform: 128 px, x -> 2x - 1 on the [0, 1] intensities.
-    cfg = ml_collections.ConfigDict(
+    cfg = data_config()
+    cfg.update(
         dict(
             name="mood",
             tfds_name="mood/brain_axis2",
@@ -198,6 +199,7 @@ def test_read_through_jaxad_and_grain(raw, data_dir):
             channels=1,
             mean=(0.5,),
             std=(0.5,),
+            num_workers=0,
             num_threads=2,
             prefetch=2,
         )
@@ -394,7 +396,7 @@ def test_intensities_outside_unit_range_are_kept_and_logged(raw, tmp_path, caplo
     assert "1 volume(s) outside [0, 1]" in caplog.text
 
 
-# --- slices.py --------------------------------------------------------------------------------
+# --- jaxad/data/slices.py ---------------------------------------------------------------------
 
 
 def test_area_resize_by_hand():
@@ -466,8 +468,8 @@ def test_hash_folds_known_answer():
     many = [f"{i:05d}.nii.gz" for i in range(800)]
     many_folds = hash_folds(many, 10, seed=0)
     assert np.bincount(list(many_folds.values())).tolist() == [80] * 10
-    # Fold 0 is the 10 % that common.hash_split holds out with the same seed.
-    assert {n for n, f in many_folds.items() if f == 0} == common.hash_split(many, 0.1, seed=0)
+    # Fold 0 is the 10 % that splits.hash_split holds out with the same seed.
+    assert {n for n, f in many_folds.items() if f == 0} == splits.hash_split(many, 0.1, seed=0)
 
 
 def test_builder_class_resolves_names():

@@ -95,6 +95,7 @@ def tiny_demo(tmp_path_factory):
     return workdir, summary
 
 
+@pytest.mark.slow
 def test_every_stage_runs_and_writes_its_files(tiny_demo):
     workdir, summary = tiny_demo
     assert (workdir / "simclr" / "config.json").is_file()
@@ -116,6 +117,7 @@ def test_every_stage_runs_and_writes_its_files(tiny_demo):
         assert 0.0 <= scores.min() and scores.max() <= 1.0 and scores.max() > 0
 
 
+@pytest.mark.slow
 def test_summary_fields(tiny_demo):
     workdir, summary = tiny_demo
     assert json.loads((workdir / "demo_summary.json").read_text()) == summary

@@ -418,36 +418,52 @@ class FakeDPA:
         return {"ae": state["ae"], "vgg": state["vgg"]}
 
 
-def test_load_axis_models_restores_the_inference_state(tmp_path, monkeypatch):
+def _save_run(workdir: str, config, states: dict) -> None:
+    """A finished run without the loop: config.json and {source: (step, state)} checkpoints."""
+    from jaxad import checkpoint, parallel
+
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    mesh = parallel.make_mesh()
+    for source, (step, state) in states.items():
+        ckpt = checkpoint.Checkpointer(
+            workdir, every_steps=1, keep=1, async_save=False, name=checkpoint.FOLDERS[source]
+        )
+        ckpt.save(step, jax.device_put(state, parallel.replicated(mesh)), None, {"step": step})
+        ckpt.close()
+
+
+def test_load_axis_models_restores_the_best_inference_state(tmp_path, monkeypatch):
     import ml_collections
 
-    from jaxad import checkpoint, methods, parallel, train
+    from jaxad import methods
 
     monkeypatch.setattr(methods, "create", FakeDPA)
     config = ml_collections.ConfigDict(
         {
             "method": "dpa",
             "seed": 0,
-            "checkpoint_every": 1,
-            "keep_checkpoints": 1,
-            "data": {"image_size": 32, "channels": 1},
-            "model": {"nf": 16, "latent_dim": 8},
+            "data": {"image_size": 32, "crop_size": 0, "channels": 1},
+            "model": {"nf": 16, "latent_dim": 8, "vgg_width": 16},
             "dpa": {"axis": 2, "vgg_layer": "r42", "task": "pixel", "region": "abdom"},
         }
     )
     workdir = str(tmp_path / "run")
-    train.save_config(config, workdir)
-    mesh = parallel.make_mesh()
-    state = FakeDPA(config).init(jax.random.key(7), None)
-    ckpt = checkpoint.Checkpointer(workdir, every_steps=1, keep=1, async_save=False)
-    ckpt.save(3, jax.device_put(state, parallel.replicated(mesh)), None, {"step": 3})
-    ckpt.close()
+    latest = FakeDPA(config).init(jax.random.key(7), None)
+    best = FakeDPA(config).init(jax.random.key(8), None)
+    _save_run(workdir, config, {"latest": (3, latest)})
 
     (model,) = inference.load_axis_models([workdir])
-    assert (model.axis, model.nf, model.latent_dim) == (2, 16, 8)
+    assert (model.axis, model.nf, model.latent_dim, model.vgg_width) == (2, 16, 8, 16)
     assert (model.vgg_layer, model.image_size, model.name) == ("r42", 32, workdir)
-    np.testing.assert_array_equal(model.ae["w"], state["ae"]["params"]["w"])
-    np.testing.assert_array_equal(model.vgg["v"], state["vgg"]["params"]["v"])
+    np.testing.assert_array_equal(model.ae["w"], latest["ae"]["params"]["w"])
+    np.testing.assert_array_equal(model.vgg["v"], latest["vgg"]["params"]["v"])
+    # With a best validated state (workdir/best), that is the one the inference uses.
+    _save_run(workdir, config, {"best": (2, best)})
+    (model,) = inference.load_axis_models([workdir])
+    np.testing.assert_array_equal(model.ae["w"], best["ae"]["params"]["w"])
+    np.testing.assert_array_equal(model.vgg["v"], best["vgg"]["params"]["v"])
 
 
 # ----------------------------------------------------------------------------- launch files

@@ -3,14 +3,13 @@
 import pathlib
 import pickle
 
-import ml_collections
 import nibabel as nib
 import numpy as np
 import pytest
 
-from data_builders import common
+from configs.common import data_config
 from data_builders.mood import mood_dataset_builder as mood
-from jaxad.data import nifti, pipeline, sources
+from jaxad.data import nifti, pipeline, records, sources, splits
 
 RESIZE = 8
 MIN_NONZERO = 20
@@ -118,7 +117,7 @@ def test_split_by_volume_is_disjoint_and_seeded(tmp_path):
         _save(root / name, _box_volume((16, 16, 16), np.s_[3:13, 2:14, 4:12], i))
     train = _source(root, "train", val_fraction=0.34, seed=3)
     val = _source(root, "validation", val_fraction=0.34, seed=3)
-    assert set(val.volumes) == common.hash_split(names, 0.34, 3) and len(val.volumes) == 2
+    assert set(val.volumes) == splits.hash_split(names, 0.34, 3) and len(val.volumes) == 2
     assert set(train.volumes) | set(val.volumes) == set(names)
     assert not set(train.volumes) & set(val.volumes)
     train_ids = {train[i]["id"].rsplit("_", 1)[0] for i in range(len(train))}
@@ -139,10 +138,10 @@ def test_bad_folders_and_files(tmp_path, folder):
     with pytest.raises(ValueError, match="no NIfTI volumes"):
         _source(empty)
     flat = _save(folder / "flat.nii.gz", np.ones((16, 16), np.float32))
-    with pytest.raises(sources.ImageReadError, match=r"flat\.nii\.gz is not 3-D"):
+    with pytest.raises(records.ImageReadError, match=r"flat\.nii\.gz is not 3-D"):
         _source(folder)
     flat.write_bytes(b"not a volume")
-    with pytest.raises(sources.ImageReadError, match=r"cannot read volume .*flat\.nii\.gz"):
+    with pytest.raises(records.ImageReadError, match=r"cannot read volume .*flat\.nii\.gz"):
         _source(folder)
     flat.unlink()
     with pytest.raises(ValueError, match="axis"):
@@ -201,7 +200,7 @@ def test_uncompressed_files_are_read_slice_by_slice(tmp_path, monkeypatch):
     assert [pathlib.Path(p).name for p in reads] == ["scaled.nii"]  # Only it is decoded whole.
 
 
-def _data_cfg(root, **kw) -> ml_collections.ConfigDict:
+def _data_cfg(root, **kw):
     base = dict(
         name="nifti_folder",
         root=str(root),
@@ -222,7 +221,9 @@ def _data_cfg(root, **kw) -> ml_collections.ConfigDict:
         prefetch=2,
     )
     base.update(kw)
-    return ml_collections.ConfigDict(base)
+    cfg = data_config()
+    cfg.update(base)
+    return cfg
 
 
 def test_through_get_source_and_eval_batches(folder, monkeypatch, tmp_path):
@@ -255,8 +256,11 @@ def test_several_axes_are_read_as_one_source(folder, monkeypatch, tmp_path):
     monkeypatch.setenv("JAXAD_DATA_DIR", str(tmp_path / "jaxad_data"))
     src = sources.get_source(_data_cfg(folder, axis="0,1,2"), "train")
     per_axis = [sources.get_source(_data_cfg(folder, axis=a), "train") for a in (0, 1, 2)]
-    assert isinstance(src, sources.ConcatSource)
+    assert isinstance(src, records.ConcatSource)
     assert len(src) == sum(len(s) for s in per_axis)
     assert src[len(per_axis[0])]["id"] == per_axis[1][0]["id"]
+    # As the command line gives --config.data.axis=0,2: a tuple.
+    pair = sources.get_source(_data_cfg(folder, axis=(0, 2)), "train")
+    assert [len(p) for p in pair.parts] == [len(per_axis[0]), len(per_axis[2])]
     with pytest.raises(ValueError, match="data.axis"):
         sources.get_source(_data_cfg(folder, axis="0,3"), "train")

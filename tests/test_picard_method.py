@@ -24,7 +24,7 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
     """The paper's settings with 64 px windows, 32 px boxes, width 4 and M = 4."""
     c = ml_collections.ConfigDict()
     c.data = ml_collections.ConfigDict({"channels": 1, "mean": (0.5,), "std": (0.5,)})
-    c.model = ml_collections.ConfigDict({"width": 4, "fast_conv_grad": False})
+    c.model = ml_collections.ConfigDict({"width": 4, "critic_width": 4, "fast_conv_grad": False})
     c.picard = ml_collections.ConfigDict(
         {
             "window_size": WINDOW,
@@ -85,7 +85,14 @@ def score_state(state):
 
 
 def test_full_size_parameter_counts():
-    cfg = make_config(**{"model.width": 32, "picard.window_size": 256, "picard.box_size": 128})
+    cfg = make_config(
+        **{
+            "model.width": 32,
+            "model.critic_width": 32,
+            "picard.window_size": 256,
+            "picard.box_size": 128,
+        }
+    )
     method = picard.create(cfg)
     state = jax.eval_shape(method.init, jax.random.key(0), None)
     counts = {k: count(state[k]["params"]) for k in ("g", "d_local", "d_global")}

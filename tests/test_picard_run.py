@@ -26,7 +26,7 @@ def tiny(root, **overrides):
     c.batch_size = 4
     c.total_steps = 5
     c.log_every = c.checkpoint_every = 5
-    c.eval.baseline_images = 4
+    c.evals.baseline.max_train_images = 4
     c.eval.num_overlays = 2
     for key, value in overrides.items():
         target = c
@@ -46,13 +46,14 @@ def phantoms(tmp_path_factory):
 def test_configs_load():
     paper = picard_config.get_config()
     assert paper.data.tfds_name == "duke_dbt/slices" and paper.picard.window_size == 256
-    assert paper.picard.num_completions == 10 and paper.eval.dense
+    assert paper.picard.num_completions == 10 and paper.evals.model.full_resolution
     demo = picard_config.get_config("demo")
     assert demo.data.name == "demo" and demo.data.demo == "phantom"
     with pytest.raises(ValueError, match="unknown variant"):
         picard_config.get_config("fast")
 
 
+@pytest.mark.slow
 def test_train_dense_eval_and_predict(phantoms, tmp_path):
     workdir = tmp_path / "run"
     results = train.run(tiny(phantoms), str(workdir))
@@ -75,6 +76,7 @@ def test_train_dense_eval_and_predict(phantoms, tmp_path):
     assert (out / "a.png").exists()
 
 
+@pytest.mark.slow
 def test_image_smaller_than_a_window_is_a_clear_error(phantoms, tmp_path):
     workdir = tmp_path / "run"
     train.run(tiny(phantoms, total_steps=1, log_every=1, checkpoint_every=1), str(workdir))

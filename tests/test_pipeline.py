@@ -2,11 +2,11 @@
 
 import pathlib
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
+from configs.common import data_config
 from jaxad.data import pipeline, transforms
 
 
@@ -27,7 +27,7 @@ def make_folder(root: pathlib.Path, n: int, *, mode: str = "RGB", size=(23, 17))
     return root
 
 
-def make_cfg(root, **kw) -> ml_collections.ConfigDict:
+def make_cfg(root, **kw):
     base = dict(
         name="folder",
         root=str(root),
@@ -46,7 +46,9 @@ def make_cfg(root, **kw) -> ml_collections.ConfigDict:
         prefetch=2,
     )
     base.update(kw)
-    return ml_collections.ConfigDict(base)
+    cfg = data_config()
+    cfg.update(base)
+    return cfg
 
 
 def image_ids(batch) -> list[int]:

@@ -4,12 +4,12 @@ import hashlib
 import re
 
 import builder_testing
-import ml_collections
 import numpy as np
 import pydicom
 import pytest
 import tensorflow_datasets as tfds
 
+from configs.common import data_config
 from data_builders import common
 from data_builders.rsna_pneumonia import Builder, RsnaPneumoniaConfig, fake_data, split_normal
 from data_builders.rsna_pneumonia import rsna_pneumonia_dataset_builder as rsna
@@ -122,7 +122,8 @@ def test_jaxad_reads_it(raw, data_dir):
         assert rec["has_mask"] and rec["fov"].all() and rec["grade"] == -1
         assert rec["mask"].any() == bool(rec["label"])
     assert sorted(r["label"] for r in records) == [0, 1, 1, 1, 1]
-    cfg = ml_collections.ConfigDict(
+    cfg = data_config()
+    cfg.update(
         dict(
             name="rsna",
             tfds_name="rsna_pneumonia/native",

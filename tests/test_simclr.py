@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 from PIL import Image
 
-from jaxad import methods, parallel, train
+from jaxad import checkpoint, methods, parallel, train
 from jaxad.methods import simclr
 from jaxad.models.vgg import CONV_NAMES
 from jaxad.ops import augment, perceptual
@@ -324,9 +324,9 @@ def test_train_step_lowers_nt_xent_on_a_fixed_batch():
     config = tiny_config()
     method = methods.create(config)
     mesh = parallel.make_mesh()
-    state = train.init_state(method, config, mesh, 4)
+    state = methods.init_state(method, config, mesh, 4)
     step = train.make_train_step(method, config, mesh)
-    batch = {**train.example_batch(config, 4), "image": np.asarray(_grey_batch()["image"])}
+    batch = {**methods.example_batch(config, 4), "image": np.asarray(_grey_batch()["image"])}
     batch = parallel.global_batch(mesh, batch)
     losses = []
     for _ in range(6):
@@ -335,9 +335,9 @@ def test_train_step_lowers_nt_xent_on_a_fixed_batch():
     assert int(state["step"]) == 6 and float(metrics["lr"]) == pytest.approx(1e-3)
     # Random VGG features start nearly parallel (loss ~ log 7); the step separates them.
     assert losses[-1] < losses[0] - 0.05, losses
-    scores = method.score(state, batch, None)
-    assert scores["map"].shape == (4, 32, 32) and not np.any(scores["map"])
-    assert scores["score"].shape == (4,) and not np.any(scores["score"])
+    # Pre-training makes no anomaly maps: the evaluators never ask it for any.
+    assert not methods.provides(method, "score")
+    assert not methods.provides(method, "image_scores")
 
 
 def test_eval_loss_is_each_examples_share_of_nt_xent():
@@ -374,34 +374,49 @@ def _restore_features(directory: str, step: int):
     return state["model"]["params"]["features"]
 
 
-def test_load_vgg_params_from_a_simclr_workdir(fundus_root, tmp_path):
+def _dpa_config(vgg_weights: str, vgg_width: int = 8):
+    from configs import dpa as dpa_configs
+
+    c = dpa_configs.get_config("brain_pixel_axis0")
+    c.model.nf, c.model.latent_dim, c.data.image_size = 4, 4, 16
+    c.dpa.vgg_weights = vgg_weights
+    c.model.vgg_width = vgg_width
+    return c
+
+
+@pytest.mark.slow
+def test_vgg_params_from_a_simclr_workdir(fundus_root, tmp_path):
     workdir = str(tmp_path / "simclr")
     # Every validation after the first must gain 1e9: the best state is step 1's, the last 2.
     config = tiny_config(fundus_root, **{"validation.min_delta": 1e9})
     results = train.run(config, workdir)
     assert results["step"] == 1 and results["best_step"] == 1
     assert not os.path.exists(os.path.join(workdir, "eval"))
-    loaded = simclr.load_vgg_params(workdir)
+    loaded = simclr.vgg_params_from_run(checkpoint.load_run(workdir))
     assert set(loaded) == set(CONV_NAMES)
     best = _restore_features(os.path.join(workdir, "best"), 1)
     last = _restore_features(os.path.join(workdir, "checkpoints"), 2)
     jax.tree.map(np.testing.assert_array_equal, loaded, best)
     assert not np.array_equal(loaded["conv1_1"]["kernel"], last["conv1_1"]["kernel"])
-    # The DPA reads them when it builds its state (inside a jitted init).
-    from configs import dpa as dpa_configs
-
-    c = dpa_configs.get_config("brain_pixel_axis0")
-    c.model.nf, c.model.latent_dim, c.data.image_size = 4, 4, 16
-    c.dpa.vgg_weights = workdir
-    c.model.vgg_width = 8
-    batch = {"image": jnp.zeros((1, 16, 16, 1))}
-    state = jax.jit(methods.create(c).init)(jax.random.key(0), batch)
+    # The DPA names the run (init_runs); the loop loads it and hands it to init_from before
+    # the first step.
+    c = _dpa_config(workdir)
+    method = methods.create(c)
+    assert method.init_runs() == [workdir]
+    mesh = parallel.make_mesh()
+    fresh = methods.init_state(method, c, mesh, 1)
+    state = checkpoint.apply_init_from(c, method, fresh, mesh)
     jax.tree.map(np.testing.assert_array_equal, state["vgg"]["params"], best)
-    c.model.vgg_width = 64  # not the SimCLR run's width
+    jax.tree.map(np.testing.assert_array_equal, state["ae"], fresh["ae"])
+    c = _dpa_config(workdir, vgg_width=64)  # not the SimCLR run's width
+    method = methods.create(c)
+    fresh = jax.eval_shape(method.init, jax.random.key(0), {"image": jnp.zeros((1, 16, 16, 1))})
     with pytest.raises(ValueError, match="have width 8, not model.vgg_width=64"):
-        methods.create(c).init(jax.random.key(0), batch)
+        checkpoint.apply_init_from(c, method, fresh, mesh)
     shutil.rmtree(os.path.join(workdir, "best"))  # no best state: the latest checkpoint
-    jax.tree.map(np.testing.assert_array_equal, simclr.load_vgg_params(workdir), last)
+    latest = checkpoint.load_run(workdir)
+    assert (latest.source, latest.step) == ("latest", 2)
+    jax.tree.map(np.testing.assert_array_equal, simclr.vgg_params_from_run(latest), last)
 
 
 def test_load_vgg_params_from_npz_empty_and_bad_paths(tmp_path):
@@ -431,11 +446,21 @@ def test_load_vgg_params_from_npz_empty_and_bad_paths(tmp_path):
     assert simclr.load_vgg_params("", width=8)["conv5_4"]["kernel"].shape == (3, 3, 64, 64)
     with pytest.raises(FileNotFoundError, match="not found"):
         simclr.load_vgg_params(str(tmp_path / "missing"))
-    other = tmp_path / "other_run"
-    other.mkdir()
-    (other / "config.json").write_text(json.dumps({"method": "lesion2void"}))
-    with pytest.raises(ValueError, match="not 'simclr'"):
-        simclr.load_vgg_params(str(other))
+    # A workdir is a run to load (checkpoint.load_run), then vgg_params_from_run.
+    with pytest.raises(ValueError, match="is a folder: .*vgg_params_from_run"):
+        simclr.load_vgg_params(str(tmp_path))
+    other = checkpoint.Run(
+        workdir=str(tmp_path / "other_run"),
+        config=ml_collections.ConfigDict({"method": "lesion2void"}),
+        method=None,
+        state={},
+        step=1,
+        source="best",
+    )
+    with pytest.raises(
+        ValueError, match="other_run is a run of method 'lesion2void', not 'simclr'"
+    ):
+        simclr.vgg_params_from_run(other)
 
 
 # ----------------------------------------------------------------------------- config
@@ -450,7 +475,7 @@ def test_config_paper_settings():
     assert (c.batch_size, c.num_epochs, c.total_steps) == (256, 80, 0)
     assert (c.data.train_split, c.data.val_split) == ("train", "validation")
     assert (c.data.image_size, c.data.channels, c.data.mean, c.data.std) == (256, 1, (0.0,), (1.0,))
-    assert not c.data.hflip and not c.data.vflip and not c.eval.enabled
+    assert not c.data.hflip and not c.data.vflip and not c.evals  # pre-training: no evaluations
     assert (c.simclr.crop_size, c.simclr.temperature, c.simclr.blur_kernel) == (96, 0.5, 9)
     assert (c.optim.learning_rate, c.optim.weight_decay) == (3e-4, 1e-5)
     assert c.simclr.lr_schedule == "cosine_epochs"
@@ -476,5 +501,5 @@ def test_config_switch_to_nifti_folder_from_command_line():
     config_flags.DEFINE_config_file("config", flag_values=values, lock_config=True, sys_argv=argv)
     values(argv)
     data = values.config.data
-    assert (data.name, data.root, data.axis) == ("nifti_folder", "/data/volumes", "0,2")
+    assert (data.name, data.root, data.axis) == ("nifti_folder", "/data/volumes", (0, 2))
     assert (data.resize, data.min_nonzero, data.filter, data.val_fraction) == (256, 100, False, 0.2)

@@ -4,12 +4,12 @@ import dataclasses
 import pathlib
 from typing import Any
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from configs.common import data_config
 from jaxad.data import pipeline, sources
 
 W, H = 37, 29  # Odd sizes on purpose.
@@ -305,7 +305,7 @@ def test_tfds_eyeq_not_prepared_points_to_the_layout(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _cfg(**kw) -> ml_collections.ConfigDict:
+def _cfg(**kw):
     base = dict(
         name="folder",
         root="",
@@ -323,7 +323,9 @@ def _cfg(**kw) -> ml_collections.ConfigDict:
         prefetch=2,
     )
     base.update(kw)
-    return ml_collections.ConfigDict(base)
+    cfg = data_config()
+    cfg.update(base)
+    return cfg
 
 
 def test_get_source_folder(tmp_path):
@@ -349,6 +351,52 @@ def test_get_source_demo_generates_then_reads_a_folder(tmp_path, monkeypatch):
     assert isinstance(src, sources.FolderSource) and len(src) == 6 and calls == [None]
     sources.get_source(_cfg(name="demo", root=str(tmp_path / "here")), "train")
     assert calls[-1] == str(tmp_path / "here")
+
+
+def test_get_source_looks_kinds_up_in_tables(tmp_path, monkeypatch):
+    """`SOURCES` by data.name (anything else: tfds) and `DEMOS` by data.demo, lazily imported."""
+    from jaxad.data import brain_phantom, nifti, phantom
+
+    assert set(sources.SOURCES) == {"folder", "nifti_folder", "demo"}
+    assert list(sources.DEMOS) == ["fundus", "phantom", "brain"]
+    monkeypatch.setattr(phantom, "ensure_phantom_demo", lambda root: make_mvtec(tmp_path / "p"))
+    src = sources.get_source(_cfg(name="demo", demo="phantom", channels=1), "test")
+    assert isinstance(src, sources.FolderSource) and src.root == tmp_path / "p"
+    # The brain demo is read as a NIfTI folder over its training volumes.
+    monkeypatch.setattr(brain_phantom, "ensure_brain_demo", lambda root: tmp_path / "b")
+    monkeypatch.setattr(nifti, "source_from_config", lambda cfg, split: (cfg.root, split))
+    cfg = _cfg(name="demo", demo="brain")
+    assert sources.get_source(cfg, "train") == (str(tmp_path / "b" / "train"), "train")
+    assert cfg.root == ""  # The caller's config is left alone.
+    with pytest.raises(ValueError, match=r"data.demo='mri': use 'fundus', 'phantom' or 'brain'"):
+        sources.get_source(_cfg(name="demo", demo="mri"), "train")
+    # A new kind is one entry.
+    monkeypatch.setitem(sources.SOURCES, "mine", lambda cfg, split: ["record"])
+    assert sources.get_source(_cfg(name="mine"), "test") == ["record"]
+
+
+def test_names_of_the_source_modules_are_reexported():
+    from jaxad.data import folder, fov, records, tfds_source
+
+    assert sources.ImageReadError is records.ImageReadError
+    assert sources.ConcatSource is records.ConcatSource
+    assert sources.FolderSource is folder.FolderSource and sources.read_image is folder.read_image
+    assert sources.TfdsSource is tfds_source.TfdsSource
+    assert sources.field_of_view is fov.field_of_view
+
+
+def test_folder_field_of_view(fundus_root, tmp_path):
+    """data.fov: EyeQ's fitted circle per fundus photo, Lesion2Void's circle, or ones."""
+    eyeq = sources.FolderSource(fundus_root, "test", channels=3, fov="eyeq")[0]["fov"]
+    circle = sources.FolderSource(fundus_root, "test", channels=3, fov="circle")[0]["fov"]
+    assert eyeq.dtype == circle.dtype == np.uint8 and eyeq.shape == circle.shape == (64, 64)
+    assert 0.5 < eyeq.mean() < 0.95 and 0.5 < circle.mean() < 0.95
+    with pytest.raises(ValueError, match="data.fov='eyes' is not one of ones, eyeq, circle"):
+        sources.FolderSource(fundus_root, "test", channels=3, fov="eyes")
+    blank = tmp_path / "blank"
+    _save(blank / "train" / "good" / "0.png", np.zeros((H, W, 3), np.uint8))
+    with pytest.raises(sources.ImageReadError, match=r"no field of view found in .*0\.png"):
+        sources.FolderSource(blank, "train", channels=3, fov="eyeq")[0]
 
 
 def test_get_source_tfds(tfds_dir):

@@ -23,7 +23,7 @@ def _params(workdir, config, step=None):
     """The generator parameters saved in `workdir` at `step` (default latest), as numpy."""
     mesh = parallel.make_mesh()
     method = methods.create(config)
-    state = train.init_state(method, config, mesh, config.batch_size)
+    state = methods.init_state(method, config, mesh, config.batch_size)
     ckpt = checkpoint.Checkpointer(workdir, every_steps=1, keep=10)
     state, meta = ckpt.restore(state, step=step)
     ckpt.close()
@@ -42,9 +42,10 @@ def test_demo_config_trains_evaluates_and_writes_reports(fundus_root, tmp_path):
     assert saved["image_auroc"] == pytest.approx(results["image_auroc"])
     with open(tmp_path / "eval" / "scores.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 16 and len({r["path"] for r in rows}) == 16
+    assert len(rows) == 16 and len({r["id"] for r in rows}) == 16
     assert {int(r["label"]) for r in rows} == {0, 1}
     assert all(np.isfinite(float(r["score"])) for r in rows)
+    assert all(np.isfinite(float(r["baseline/score"])) for r in rows)
     assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 4
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     train_lines = [json.loads(x) for x in lines if "loss" in json.loads(x)]
@@ -65,11 +66,11 @@ def test_resumed_run_equals_uninterrupted_run(fundus_root, tmp_path):
     """Stopping at step 2 and resuming to 4 gives the very parameters of a straight 4-step run:
     the data iterator position and the per-step keys are restored."""
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    train.run(tiny_config(fundus_root, total_steps=4, **{"eval.baseline": False}), str(straight))
-    train.run(tiny_config(fundus_root, total_steps=2, **{"eval.baseline": False}), str(interrupted))
+    train.run(tiny_config(fundus_root, total_steps=4, **{"eval.enabled": False}), str(straight))
+    train.run(tiny_config(fundus_root, total_steps=2, **{"eval.enabled": False}), str(interrupted))
     p2, step2 = _params(str(interrupted), tiny_config(fundus_root))
     assert step2 == 2
-    train.run(tiny_config(fundus_root, total_steps=4, **{"eval.baseline": False}), str(interrupted))
+    train.run(tiny_config(fundus_root, total_steps=4, **{"eval.enabled": False}), str(interrupted))
     a, step_a = _params(str(straight), tiny_config(fundus_root))
     b, step_b = _params(str(interrupted), tiny_config(fundus_root))
     assert step_a == step_b == 4
@@ -83,7 +84,7 @@ def test_resumed_run_equals_uninterrupted_run(fundus_root, tmp_path):
 
 @pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(fundus_root, tmp_path):
-    train.run(tiny_config(fundus_root, total_steps=2, **{"eval.baseline": False}), str(tmp_path))
+    train.run(tiny_config(fundus_root, total_steps=2, **{"eval.enabled": False}), str(tmp_path))
     before, _ = _params(str(tmp_path), tiny_config(fundus_root))
     # A huge learning rate sends the parameters to inf after step 3, so step 4's loss is not finite.
     bad = tiny_config(fundus_root, total_steps=6, log_every=1, **{"optim.learning_rate": 1e38})
@@ -123,7 +124,6 @@ def _main_cmd(root, workdir, *extra):
         "--config.eval.batch_size=8",
         "--config.log_every=1",
         "--config.checkpoint_every=2",
-        "--config.eval.baseline=False",
         "--config.l2v.score_chunk=36",
         *extra,
     )
@@ -226,7 +226,7 @@ def test_predict_writes_maps_overlays_and_scores(fundus_root, tmp_path):
 
     from jaxad import predict
 
-    train.run(tiny_config(fundus_root, total_steps=2, **{"eval.baseline": False}), str(tmp_path))
+    train.run(tiny_config(fundus_root, total_steps=2, **{"eval.enabled": False}), str(tmp_path))
     inputs = tmp_path / "in"
     (inputs / "sub").mkdir(parents=True)
     rgb = np.asarray(Image.open(fundus_root / "test" / "haemorrhage" / "000.png"))

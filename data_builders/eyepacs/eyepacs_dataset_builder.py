@@ -3,7 +3,7 @@
 The split is the one Lesion-based Contrastive Learning (MICCAI 2021) fine-tuned and evaluated
 on: train is Kaggle's training set (35,126 photos), validation the test photos Kaggle scored on
 its public leaderboard (10,906) and test those of the private leaderboard (42,670). Each photo is
-border-cropped and resized to a square (`data_builders.fundus.crop_border`, the crop both
+border-cropped and resized to a square (`jaxad.data.fundus.crop_border`, the crop both
 Lesion2Void and Lesion-based CL used) and stored with its EyeQ field-of-view mask, exactly as the
 EyeQ builder stores the same photos.
 """

@@ -2,8 +2,8 @@
 
 Normal means diabetic retinopathy (DR) grade 0. The training images are EyeQ-train's grade 0
 photos, the abnormal ones are its grades 1-4, and the test split is EyeQ-test at every grade.
-Each photo is border-cropped and resized (`data_builders.fundus.crop_border`) and stored with
-its EyeQ field-of-view mask (`data_builders.fundus.fov_mask`).
+Each photo is border-cropped and resized (`jaxad.data.fundus.crop_border`) and stored with
+its EyeQ field-of-view mask (`jaxad.data.fundus.fov_mask`).
 """
 
 from __future__ import annotations

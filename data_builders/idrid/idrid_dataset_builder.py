@@ -9,7 +9,7 @@ Two parts of IDRiD, one config family each:
   external contour of each lesion mask, grown by one pixel at the top and left.
 - `grading` (part B, 413 + 103 photos): DR grade 0-4 and risk of macular oedema 0-2.
 
-Every photo is border-cropped with the crop of `data_builders.fundus.crop_border`. The default
+Every photo is border-cropped with the crop of `jaxad.data.fundus.crop_border`. The default
 configs keep the native resolution, since a microaneurysm spans a few pixels of a 4288 x 2848
 photo and vanishes at 512; the `_512` configs resize the crop to 512 x 512 as the EyePACS and
 EyeQ builders do, for models trained on those.

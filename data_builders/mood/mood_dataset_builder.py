@@ -38,7 +38,7 @@ from absl import logging
 from etils import epath
 
 from data_builders import common
-from data_builders.mood import slices
+from jaxad.data import slices
 
 REGIONS = ("brain", "abdom")
 NUM_FOLDS = 10

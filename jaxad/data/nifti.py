@@ -2,11 +2,11 @@
 
 `NiftiFolderSource` reads every ``*.nii.gz`` and ``*.nii`` file under a folder (recursively, any
 3-D shape) and serves the slices along one axis as jaxad's common record (see
-`jaxad.data.sources`), with exactly the preparation of the ``mood/<region>_axis<k>`` tfds configs
-(`data_builders.mood.slices`): the volume read as float32 and stored as float16, each slice
-area-resized to ``resize`` x ``resize``, dropped if it has fewer than ``min_nonzero`` positive
-pixels, and rounded to float16 as the builder stores it. Intensities are not rescaled: the
-solution assumes volumes in [0, 1].
+`jaxad.data.records`), with exactly the preparation of the ``mood/<region>_axis<k>`` tfds
+configs, by the same functions (`jaxad.data.slices`): the volume read as float32 and stored as
+float16, each slice area-resized to ``resize`` x ``resize``, dropped if it has fewer than
+``min_nonzero`` positive pixels, and rounded to float16 as the builder stores it. Intensities
+are not rescaled: the solution assumes volumes in [0, 1].
 
 Volumes are never all in memory. At construction each volume of the split is read once, one at
 a time, to find its kept slices; that index is cached per volume (keyed by path, size,
@@ -31,9 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from data_builders import common
-from data_builders.mood import slices
-from jaxad.data.sources import ImageReadError
+from jaxad.data import slices, splits
+from jaxad.data.records import ConcatSource, ImageReadError, Source
 
 SUFFIXES = (".nii.gz", ".nii")
 _INDEX_VERSION = 1
@@ -116,7 +115,7 @@ class NiftiFolderSource:
         skipped), in sorted order of their paths relative to `root`.
       split: "train", "validation" or "all". Validation is the first round(val_fraction * n)
         volumes (at least one when n >= 2 and val_fraction > 0) in the seeded hash order of their
-        relative paths (`data_builders.common.hash_rank`, as `common.hash_split`), train the
+        relative paths (`jaxad.data.splits.hash_rank`, as `splits.hash_split`), train the
         rest: disjoint by volume, independent of numpy and of the order of the files.
       axis: slicing axis, 0, 1 or 2.
       resize: slices are area-resized to resize x resize (None: native size).
@@ -201,7 +200,7 @@ class NiftiFolderSource:
         n_val = round(val_fraction * len(paths))
         if n_val == 0 and val_fraction > 0 and len(paths) >= 2:
             n_val = 1
-        return set(common.hash_rank(paths, seed)[:n_val])
+        return set(splits.hash_rank(paths, seed)[:n_val])
 
     # -- Index ------------------------------------------------------------------------------
 
@@ -321,26 +320,32 @@ class NiftiFolderSource:
         )
 
 
-def source_from_config(data_cfg, split: str):
-    """`NiftiFolderSource` from ``data_cfg``: ``root``, ``axis`` and optional ``resize``,
-    ``min_nonzero``, ``filter``, ``val_fraction``, ``split_seed`` (its ``seed``) and ``dtype``.
+def source_from_config(data_cfg, split: str) -> Source:
+    """`NiftiFolderSource` from ``data_cfg``: ``root``, ``axis``, ``resize``, ``min_nonzero``,
+    ``filter``, ``val_fraction``, ``split_seed`` (its ``seed``) and ``dtype``, whose defaults
+    are in ``configs/common.py:data_config()``.
 
-    ``axis`` may list several axes ("0,1,2", as SimCLR pre-training on slices along every
-    axis): their sources are read as one (`jaxad.data.sources.ConcatSource`).
+    ``axis`` may list several axes ("0,1,2", or a sequence such as (0, 2), which is what the
+    command line makes of ``--config.data.axis=0,2``), as SimCLR pre-training on slices along
+    every axis: their sources are read as one (`jaxad.data.records.ConcatSource`).
     """
-    if not data_cfg.get("root"):
+    if not data_cfg.root:
         raise ValueError("data.name='nifti_folder' needs data.root, a folder of NIfTI volumes")
-    axes = [a.strip() for a in str(data_cfg.get("axis", "")).split(",") if a.strip()]
+    axes = _axes(data_cfg.axis)
+    if len(axes) > 1:
+        return ConcatSource([_source(data_cfg, split, a) for a in axes])
+    return _source(data_cfg, split, axes[0])
+
+
+def _axes(value: Any) -> list[int]:
+    """The slicing axes of ``data.axis``: an int, a comma-separated string or a sequence."""
+    parts = value if isinstance(value, list | tuple) else str(value).split(",")
+    axes = [str(a).strip() for a in parts if str(a).strip()]
     if not axes or any(a not in ("0", "1", "2") for a in axes):
         raise ValueError(
-            f"data.axis={data_cfg.get('axis')!r}: the slicing axis, 0, 1 or 2, or a list such "
-            "as '0,1,2'"
+            f"data.axis={value!r}: the slicing axis, 0, 1 or 2, or a list such as '0,1,2'"
         )
-    if len(axes) > 1:
-        from jaxad.data.sources import ConcatSource
-
-        return ConcatSource([_source(data_cfg, split, int(a)) for a in axes])
-    return _source(data_cfg, split, int(axes[0]))
+    return [int(a) for a in axes]
 
 
 def _source(data_cfg, split: str, axis: int) -> NiftiFolderSource:
@@ -348,10 +353,10 @@ def _source(data_cfg, split: str, axis: int) -> NiftiFolderSource:
         data_cfg.root,
         split,
         axis=axis,
-        resize=data_cfg.get("resize", slices.SIZE),
-        min_nonzero=data_cfg.get("min_nonzero", slices.MIN_NONZERO),
-        filter=data_cfg.get("filter", True),
-        val_fraction=data_cfg.get("val_fraction", 0.1),
-        seed=data_cfg.get("split_seed", 0),
-        dtype=data_cfg.get("dtype", "float16"),
+        resize=data_cfg.resize,
+        min_nonzero=data_cfg.min_nonzero,
+        filter=data_cfg.filter,
+        val_fraction=data_cfg.val_fraction,
+        seed=data_cfg.split_seed,
+        dtype=data_cfg.dtype,
     )

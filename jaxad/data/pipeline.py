@@ -13,17 +13,16 @@ same number of batches, so collective computations over a global batch stay in l
 Each process reads the records ``process_index::process_count`` of the split, so processes see
 disjoint records that together cover the split.
 
-Fields read from ``data_cfg`` (an ml_collections ConfigDict):
+Fields read from ``data_cfg`` (an ml_collections ConfigDict; every key and its default is
+declared in ``configs/common.py:data_config()``):
 
-- always: ``name`` (and what `jaxad.data.sources.get_source` reads: ``root``, ``tfds_name``,
-  ``data_dir``, ``val_fraction``), ``image_size`` (int), ``channels`` (1 or 3), ``mean`` and
-  ``std`` (one value per channel);
-- training only: ``hflip``, ``vflip``, ``flip_fov`` (bools); optional ``crop_size`` (> 0: train
-  on random crops of that size at the image's own resolution instead of resizing whole images,
-  `transforms.random_crop`) and ``crop_min_max`` (its background rejection threshold);
-- optional: ``num_workers`` (worker processes, default 0: read in this process),
-  ``num_threads`` (read threads per process, default 8), ``prefetch`` (batches read ahead per
-  process, default 16).
+- always: ``name`` (and what `jaxad.data.sources.get_source` reads for it), ``image_size``,
+  ``channels`` (1 or 3), ``mean`` and ``std`` (one value per channel), ``num_workers`` (worker
+  processes, 0: read in this process), ``num_threads`` (read threads per process) and
+  ``prefetch`` (batches read ahead per process);
+- training only: ``hflip``, ``vflip``, ``flip_fov``, ``crop_size`` (> 0: train on random crops
+  of that size at the image's own resolution instead of resizing whole images,
+  `transforms.random_crop`) and ``crop_min_max`` (its background rejection threshold).
 """
 
 from __future__ import annotations
@@ -37,9 +36,6 @@ import grain
 import numpy as np
 
 from jaxad.data import sources, transforms
-
-DEFAULT_NUM_THREADS = 8
-DEFAULT_PREFETCH = 16
 
 # Keys of a training batch: numbers only, ready for jax.
 TRAIN_KEYS = ("image", "fov", "mask", "label", "grade")
@@ -72,8 +68,7 @@ def _image_options(data_cfg) -> dict[str, Any]:
 
 def _read_options(data_cfg) -> grain.ReadOptions:
     return grain.ReadOptions(
-        num_threads=int(data_cfg.get("num_threads", DEFAULT_NUM_THREADS)),
-        prefetch_buffer_size=int(data_cfg.get("prefetch", DEFAULT_PREFETCH)),
+        num_threads=int(data_cfg.num_threads), prefetch_buffer_size=int(data_cfg.prefetch)
     )
 
 
@@ -93,7 +88,7 @@ def _allow_unparsed_absl_flags() -> None:
 
 
 def _with_workers(ds: grain.IterDataset, data_cfg) -> grain.IterDataset:
-    num_workers = int(data_cfg.get("num_workers", 0))
+    num_workers = int(data_cfg.num_workers)
     if num_workers > 0:
         _allow_unparsed_absl_flags()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
@@ -219,8 +214,8 @@ def train_iterator(
         hflip=bool(data_cfg.hflip),
         vflip=bool(data_cfg.vflip),
         flip_fov=bool(data_cfg.flip_fov),
-        crop_size=int(data_cfg.get("crop_size", 0)),
-        crop_min_max=float(data_cfg.get("crop_min_max", 0.0)),
+        crop_size=int(data_cfg.crop_size),
+        crop_min_max=float(data_cfg.crop_min_max),
     )
     ds = (
         ds.seed(local_seed)

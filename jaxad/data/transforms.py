@@ -1,6 +1,6 @@
 """Per-example transforms on the common record (pure numpy and Pillow, no JAX).
 
-The record is the dict described in `jaxad.data.sources`. `resize_record` turns it into the
+The record is the dict described in `jaxad.data.records`. `resize_record` turns it into the
 resized form the pipeline batches: ``image`` uint8 [S, S, C], ``mask`` uint8 [S, S] and ``fov``
 float32 [S, S] in [0, 1]. Random transforms take a ``np.random.Generator`` so that grain can seed
 them per record.

@@ -1,17 +1,70 @@
-"""Anomaly-detection methods: each module exposes `create(config) -> Method`."""
+"""Anomaly-detection methods: each module `jaxad.methods.<name>` exposes `create(config) -> Method`.
+
+`config.method` names a module of this package (the list is read from the package, so a new
+method is one new file), or the dotted path of a module elsewhere that exposes `create`
+(`"my_project.my_method"`), which lets a method live outside jaxad.
+"""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
+from typing import Any
 
-from jaxad.methods.base import Method
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
 
-KNOWN = ("lesion2void", "picard", "simclr", "dpa")
+from jaxad import parallel
+from jaxad.methods.base import Method, provides
+
+__all__ = ["Method", "available", "create", "example_batch", "init_state", "provides"]
+
+_NOT_METHODS = ("base",)
+
+
+def available() -> list[str]:
+    """The methods in this package: its modules, except the protocol."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _NOT_METHODS)
 
 
 def create(config) -> Method:
-    """Imports `jaxad.methods.<config.method>` and builds the method from the config."""
-    if config.method not in KNOWN:
-        raise ValueError(f"config.method={config.method!r} is not one of {', '.join(KNOWN)}.")
-    module = importlib.import_module(f"jaxad.methods.{config.method}")
+    """Imports the module named by `config.method` and builds the method from the config."""
+    name = str(config.method)
+    if "." not in name and name not in available():
+        raise ValueError(
+            f"config.method={name!r} is not one of {', '.join(available())} "
+            "(or the dotted path of a module with create(config))."
+        )
+    module_name = name if "." in name else f"jaxad.methods.{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            raise ValueError(f"config.method={name!r}: no module {module_name} found.") from None
+        raise
+    if not hasattr(module, "create"):
+        raise ValueError(f"config.method={name!r}: module {module_name} has no create(config).")
     return module.create(config)
+
+
+def example_batch(config: ml_collections.ConfigDict, local_batch_size: int) -> dict:
+    """A zero batch with the pipeline's shapes, for building a state without reading data."""
+    s, c = config.data.crop_size or config.data.image_size, config.data.channels
+    return {
+        "image": np.zeros((local_batch_size, s, s, c), np.float32),
+        "fov": np.ones((local_batch_size, s, s), np.float32),
+        "mask": np.zeros((local_batch_size, s, s), np.float32),
+        "label": np.zeros((local_batch_size,), np.int32),
+        "grade": np.zeros((local_batch_size,), np.int32),
+    }
+
+
+def init_state(
+    method: Method, config: ml_collections.ConfigDict, mesh: Mesh, local_batch_size: int
+) -> Any:
+    """The method's initial state, created directly replicated on the mesh (seed: config.seed)."""
+    init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
+    batch = parallel.global_batch(mesh, example_batch(config, local_batch_size))
+    return jax.jit(method.init, out_shardings=parallel.replicated(mesh))(init_key, batch)

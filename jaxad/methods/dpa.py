@@ -12,9 +12,11 @@ Training (the solution's mood/dpa, a single 128 x 128 stage without progressive 
   VGG the slices are copied to 3 channels and mapped back to [0, 1] (the reconstruction is not
   clamped), with no ImageNet normalisation;
 - the VGG19 is frozen: its params sit in the state under "vgg", outside the optimiser. They
-  come from `dpa.vgg_weights` (`jaxad.methods.simclr.load_vgg_params`: a SimCLR workdir, a
-  .npz, or "" for random weights with a fixed seed); `model.vgg_width` is 64 (VGG19), or a
-  CPU demo's SimCLR width, which the loaded weights must have;
+  come from `dpa.vgg_weights`: a SimCLR workdir (its best validated state, else its latest;
+  `init_runs` names it, so the loop loads it with `jaxad.checkpoint.load_run` and hands it to
+  `init_from` before the first step, `init` holding the fixed-seed random VGG until then), a
+  .npz (`jaxad.methods.simclr.load_vgg_params`), or "" for random weights with a fixed seed;
+  `model.vgg_width` is 64 (VGG19), or a CPU demo's SimCLR width, which the weights must have;
 - Adam(`optim.learning_rate`) with PyTorch's defaults, no schedule, no weight decay;
 - validation on the fold-0 slices (`data.val_split`) every 10000 steps, early stopping with
   patience 3 and min_delta 0.002 (the shared loop's `config.validation`);
@@ -33,6 +35,10 @@ The state is {"step", "ae": {"params"}, "opt", "vgg": {"params"}}; `inference_st
 "ae" and "vgg", which is all the 3-D inference restores. A missing `dpa.vgg_weights` path does
 not stop `init` (a restored checkpoint brings its own VGG, e.g. in the submission image): the
 state then holds random VGG weights, and `train_step` refuses to train with them.
+
+Starting from other runs (`init_from`, for `dpa.vgg_weights` and `config.init_from.workdir`):
+a SimCLR run gives the VGG19; another DPA run gives its autoencoder and VGG19 (same `model.nf`,
+`model.latent_dim` and `model.vgg_width`).
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import optax
 
 from jaxad import writers
 from jaxad.methods import simclr
+from jaxad.methods.base import Method
 from jaxad.models.dpa import Autoencoder
 from jaxad.models.vgg import VGG19Features
 from jaxad.ops import conv, perceptual
@@ -63,7 +70,7 @@ def _check_choice(key: str, value: Any, choices: tuple) -> None:
         raise ValueError(f"config.{key}={value!r} is not one of {', '.join(map(str, choices))}.")
 
 
-class DPA:
+class DPA(Method):
     """The method object the shared loop drives (see `jaxad.methods.base.Method`)."""
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -80,9 +87,9 @@ class DPA:
                     "(x * 2 - 1), i.e. mean and std 0.5."
                 )
         self.layer = cfg.vgg_layer
-        self.vgg_weights = os.fspath(cfg.get("vgg_weights", ""))
-        self.max_loss = float(cfg.get("max_loss", 0.0))
-        fast = conv.resolve_fast_kernel_grad(config.model.get("fast_conv_grad", "auto"))
+        self.vgg_weights = os.fspath(cfg.vgg_weights)
+        self.max_loss = float(cfg.max_loss)
+        fast = conv.resolve_fast_kernel_grad(config.model.fast_conv_grad)
         self.ae = Autoencoder(
             nf=config.model.nf,
             latent_dim=config.model.latent_dim,
@@ -91,7 +98,7 @@ class DPA:
             fast_conv_grad=fast,
         )
         # Frozen: only gradients with respect to its input are taken, never its kernels.
-        self.vgg_width = int(config.model.get("vgg_width", 64))
+        self.vgg_width = int(config.model.vgg_width)
         self.vgg = VGG19Features(width=self.vgg_width)
         opt = config.optim
         self.tx = optax.adam(opt.learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps)
@@ -108,6 +115,8 @@ class DPA:
                 simclr.RANDOM_VGG_SEED,
             )
             return simclr.random_vgg_params(self.vgg_width)
+        if os.path.isdir(path):  # a SimCLR run: `init_from` brings its weights
+            return simclr.random_vgg_params(self.vgg_width)
         if not os.path.exists(path):
             self._vgg_missing = True
             writers.logger.warning(
@@ -119,15 +128,19 @@ class DPA:
         # Read on the host even when `init` is being traced: the weights become constants.
         with jax.ensure_compile_time_eval():
             host = simclr.load_vgg_params(path, self.vgg_width)
+        self.check_vgg_width(host, path)
+        return jax.tree.map(jnp.asarray, host)
+
+    def check_vgg_width(self, params: dict, where: str) -> None:
+        """A clear error when VGG19 weights from `where` do not have `model.vgg_width`."""
         expected = jax.eval_shape(lambda: simclr.random_vgg_params(self.vgg_width))
-        shapes = jax.tree.map(np.shape, host)
+        shapes = jax.tree.map(np.shape, params)
         if shapes != jax.tree.map(lambda s: s.shape, expected):
             got = shapes["conv1_1"]["kernel"][-1] if "conv1_1" in shapes else "?"
             raise ValueError(
-                f"the VGG19 weights in {path} have width {got}, not model.vgg_width="
+                f"the VGG19 weights in {where} have width {got}, not model.vgg_width="
                 f"{self.vgg_width}; set --config.model.vgg_width={got}."
             )
-        return jax.tree.map(jnp.asarray, host)
 
     def init(self, key: jax.Array, batch: dict) -> dict:
         params = self.ae.init(key, batch["image"][:1])["params"]
@@ -140,6 +153,34 @@ class DPA:
 
     def inference_state(self, state: dict) -> dict:
         return {"ae": state["ae"], "vgg": state["vgg"]}
+
+    # --- starting from other runs ------------------------------------------------------------
+    def init_runs(self) -> list[str]:
+        """`dpa.vgg_weights` when it names a run's workdir (a folder), whose VGG19 to take."""
+        return [self.vgg_weights] if os.path.isdir(self.vgg_weights) else []
+
+    def init_from(self, state: dict, run: Any) -> dict:
+        """The VGG19 of a SimCLR run, or the autoencoder and VGG19 of another DPA run.
+
+        The run named by `dpa.vgg_weights` must be a SimCLR run (a clear error otherwise).
+        """
+        is_vgg_run = os.path.abspath(run.workdir) == os.path.abspath(self.vgg_weights)
+        if run.config.method == "dpa" and not is_vgg_run:
+            return self._from_dpa_run(state, run)
+        features = simclr.vgg_params_from_run(run)  # a clear error for other methods
+        self.check_vgg_width(features, run.workdir)
+        return {**state, "vgg": {"params": _placed_like(features, state["vgg"]["params"])}}
+
+    def _from_dpa_run(self, state: dict, run: Any) -> dict:
+        """`config.init_from` with another DPA run: its autoencoder and its VGG19."""
+        ae, vgg = run.state["ae"]["params"], run.state["vgg"]["params"]
+        _check_same_shapes(ae, state["ae"]["params"], run.workdir, "model.nf, model.latent_dim")
+        self.check_vgg_width(vgg, run.workdir)
+        return {
+            **state,
+            "ae": {"params": _placed_like(ae, state["ae"]["params"])},
+            "vgg": {"params": _placed_like(vgg, state["vgg"]["params"])},
+        }
 
     # --- loss --------------------------------------------------------------------------------
     def features(self, vgg_params, images: jax.Array) -> jax.Array:
@@ -208,8 +249,16 @@ class DPA:
         maps = _zero_padding(maps, batch)
         return {"map": maps, "score": maps.max(axis=(1, 2))}
 
-    def image_scores(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        return outputs["score"]
+
+def _placed_like(new: Any, old: Any) -> Any:
+    """`new`'s arrays on the devices (shardings) of the `old` arrays they replace."""
+    return jax.tree.map(lambda n, o: jax.device_put(n, getattr(o, "sharding", None)), new, old)
+
+
+def _check_same_shapes(new: Any, old: Any, where: str, keys: str) -> None:
+    """A clear error when another run's network has other shapes than this config's."""
+    if jax.tree.map(np.shape, new) != jax.tree.map(np.shape, old):
+        raise ValueError(f"the network in {where} has other shapes than this config's ({keys}).")
 
 
 def _zero_padding(values: jax.Array, batch: dict) -> jax.Array:

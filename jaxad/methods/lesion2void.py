@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxad.methods.base import Method
 from jaxad.models.patchgan import PatchGAN
 from jaxad.models.unet import UNet
 from jaxad.ops import conv, fundus_score, lattice
@@ -57,7 +58,7 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"config.{key}={value!r} is not one of {', '.join(choices)}.")
 
 
-class Lesion2Void:
+class Lesion2Void(Method):
     """The method object the shared loop drives (see `jaxad.methods.base.Method`)."""
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -66,7 +67,7 @@ class Lesion2Void:
         self.cfg = config.l2v
         self.channels = config.data.channels
         # 'auto' is resolved here, once, for the backend the models are built on.
-        fast = conv.resolve_fast_kernel_grad(config.model.get("fast_conv_grad", "auto"))
+        fast = conv.resolve_fast_kernel_grad(config.model.fast_conv_grad)
         self.generator = UNet(
             out_channels=config.data.channels, width=config.model.width, fast_conv_grad=fast
         )

@@ -54,9 +54,9 @@ parameters, also computed on critic-only steps (they cost no extra network pass)
 
 Config keys read (paper defaults):
 
-- `data.channels` (1: grayscale DBT); `data.mean`, `data.std` (if present, all 0.5: the
-  [-1, 1] map above).
-- `model.width` (ngf 32), `model.critic_width` (ndf 32; if absent, `model.width`),
+- `data.channels` (1: grayscale DBT); `data.mean`, `data.std` (all 0.5: the [-1, 1] map
+  above).
+- `model.width` (ngf 32), `model.critic_width` (ndf 32),
   `model.fast_conv_grad` ('auto'; `jaxad.ops.conv.resolve_fast_kernel_grad`).
 - `picard.window_size` 256: training crop and scoring window (a multiple of 16).
 - `picard.box_size` 128: training box, test hole and local critic input (a multiple of 16).
@@ -92,6 +92,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxad.methods.base import Method
 from jaxad.models.picard import Generator, GlobalCritic, LocalCritic, compose
 from jaxad.ops import conv, heatmap
 
@@ -187,7 +188,7 @@ def window_keys(key: jax.Array, first_index, count: int) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
 
 
-class Picard:
+class Picard(Method):
     """The method object the shared loop drives (see `jaxad.methods.base.Method`)."""
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -215,8 +216,8 @@ class Picard:
         _check_choice("picard.image_metric", cfg.image_metric, METRICS)
         _check_choice("picard.placement", cfg.placement, heatmap.MODES)
         for stat in ("mean", "std"):
-            values = config.data.get(stat)
-            if values is not None and any(float(v) != 0.5 for v in np.ravel(values)):
+            values = config.data[stat]
+            if any(float(v) != 0.5 for v in np.ravel(values)):
                 raise ValueError(
                     f"config.data.{stat}={values}: PICARD's networks take x * 2 - 1 of unit-scale "
                     "images, i.e. mean 0.5 and std 0.5 for every channel."
@@ -225,7 +226,7 @@ class Picard:
         self.metrics = tuple(dict.fromkeys((*cfg.metrics, cfg.image_metric)))
         self.image_metric = cfg.image_metric
 
-        fast = conv.resolve_fast_kernel_grad(config.model.get("fast_conv_grad", "auto"))
+        fast = conv.resolve_fast_kernel_grad(config.model.fast_conv_grad)
         # How generator steps are skipped on critic-only steps: a `lax.cond`, except on the CPU
         # backend, where the step is computed every time and selected (see `train_step`).
         self.select_generator_step = jax.default_backend() == "cpu"
@@ -238,8 +239,7 @@ class Picard:
             per_sample_mask=cfg.per_sample_attention_mask,
             fast_conv_grad=fast,
         )
-        critic_width = config.model.get("critic_width", config.model.width)
-        critic = dict(channels=self.channels, width=critic_width, fast_conv_grad=fast)
+        critic = dict(channels=self.channels, width=config.model.critic_width, fast_conv_grad=fast)
         self.local_critic = LocalCritic(input_size=self.box, **critic)
         self.global_critic = GlobalCritic(input_size=self.window, **critic)
         self.g_opt = make_optimizer(config.optim)
@@ -580,9 +580,6 @@ class Picard:
             cover_border=self.cfg.cover_border,
         )
         return {"map": pixel_map, "score": pixel_map.max(axis=(1, 2))}
-
-    def image_scores(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        return outputs["score"]
 
 
 def create(config: ml_collections.ConfigDict) -> Picard:

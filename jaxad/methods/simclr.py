@@ -27,9 +27,12 @@ VGG19 with SimCLR on the challenge's own slices (the SimCLR fork, config exp_1_m
   whenever the epoch's validation loss improved. The original drew new views at every
   validation (so its loss was noisier) and dropped the last incomplete batch; here that batch
   counts, its padding rows excluded from the negatives;
-- no anomaly map: `score` returns zeros, and the config turns the final evaluation off.
+- no anomaly map: the method has no `score` (the evaluators check for it), and its config
+  runs no anomaly evaluation.
 
-`load_vgg_params` hands the trained conv weights to the DPA (`jaxad.methods.dpa`).
+`vgg_params_from_run` hands the trained conv weights of a loaded run
+(`jaxad.checkpoint.load_run`) to the DPA (`jaxad.methods.dpa`); `load_vgg_params` reads the
+other sources of VGG19 weights (a `.npz`, or random ones).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import numpy as np
 import optax
 
 from jaxad import writers
+from jaxad.methods.base import Method
 from jaxad.models.vgg import SimCLRModel, VGG19Features
 from jaxad.ops import augment, conv, perceptual
 
@@ -128,7 +132,7 @@ def augment_from_config(cfg: ml_collections.ConfigDict) -> augment.Augment:
     )
 
 
-class SimCLR:
+class SimCLR(Method):
     """The method object the shared loop drives (see `jaxad.methods.base.Method`)."""
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -139,15 +143,15 @@ class SimCLR:
         self.aug = augment_from_config(cfg)
         self.mean = np.asarray(config.data.mean, np.float32)
         self.std = np.asarray(config.data.std, np.float32)
-        fast = conv.resolve_fast_kernel_grad(config.model.get("fast_conv_grad", "auto"))
+        fast = conv.resolve_fast_kernel_grad(config.model.fast_conv_grad)
         self.model = SimCLRModel(
             out_dim=config.model.out_dim,
             hidden=config.model.hidden,
             pool_size=config.model.pool_size,
             fast_conv_grad=fast,
-            width=config.model.get("vgg_width", 64),
+            width=config.model.vgg_width,
         )
-        self._steps_per_epoch = int(cfg.get("steps_per_epoch", 0))
+        self._steps_per_epoch = int(cfg.steps_per_epoch)
         # The schedule is a function of the update count in every case, so that the optimiser
         # state has the same structure whatever the schedule.
         self.tx = make_optimizer(config.optim, self.learning_rate)
@@ -165,7 +169,7 @@ class SimCLR:
                 self._steps_per_epoch,
                 n,
                 self.config.batch_size,
-                self.config.get("validation", {}).get("every", 0),
+                self.config.validation.every,
             )
         return self._steps_per_epoch
 
@@ -229,15 +233,6 @@ class SimCLR:
         z1, z2 = self.projections(state["model"]["params"], key, batch["image"])
         return nt_xent_per_example(z1, z2, self.cfg.temperature, batch.get("valid"))
 
-    # --- scoring -----------------------------------------------------------------------------
-    def score(self, state: dict, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
-        """Pre-training has no anomaly map: zeros, so that the shared evaluation still runs."""
-        b, h, w = batch["image"].shape[:3]
-        return {"map": jnp.zeros((b, h, w), jnp.float32), "score": jnp.zeros((b,), jnp.float32)}
-
-    def image_scores(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        return outputs["score"]
-
 
 def create(config: ml_collections.ConfigDict) -> Any:
     return SimCLR(config)
@@ -256,18 +251,23 @@ def random_vgg_params(width: int = 64) -> dict:
 def load_vgg_params(path: str | os.PathLike, width: int = 64) -> dict:
     """`VGG19Features` params (numpy) for the perceptual loss, from `path`:
 
-    - a SimCLR workdir (a jaxad run of this method): the conv stack of its best validated
-      state (`workdir/best`) if there is one, else of its latest checkpoint, at the run's own
-      VGG width (`model.vgg_width`);
     - a `.npz` of torchvision-layout VGG19 weights (`jaxad.models.torch_import`), e.g. the
       solution's own SimCLR checkpoint converted with numpy.savez (width 64 only);
     - "" (empty): random weights of `width` with torchvision's init and a fixed seed
       (`random_vgg_params`), as the solution's feature extractor falls back to when no weights
       are given. The perceptual loss then compares random features, not SimCLR-trained ones.
+
+    A SimCLR workdir is a run to load (`jaxad.checkpoint.load_run`), then `vgg_params_from_run`.
     """
     path = os.fspath(path)
     if not path:
         return jax.device_get(random_vgg_params(width))
+    if os.path.isdir(path):
+        raise ValueError(
+            f"{path} is a folder: the VGG19 of a SimCLR workdir comes from "
+            "vgg_params_from_run(jaxad.checkpoint.load_run(workdir)); the DPA's dpa.vgg_weights "
+            "does that when training starts."
+        )
     if path.endswith(".npz"):
         from jaxad.models import torch_import
 
@@ -276,44 +276,26 @@ def load_vgg_params(path: str | os.PathLike, width: int = 64) -> dict:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"VGG19 weights {path} not found.")
         return torch_import.load_vgg19_weights(path)
-    if os.path.isdir(path):
-        return _vgg_from_workdir(path)
     raise FileNotFoundError(
         f"VGG19 weights {path!r} not found: give a SimCLR workdir (configs/simclr_vgg19.py), a "
         ".npz of torchvision VGG19 weights, or '' for random weights."
     )
 
 
-def _vgg_from_workdir(workdir: str) -> dict:
-    """The `features` params of a SimCLR run's best (else latest) checkpoint, as numpy.
-
-    The state is restored onto an abstract tree on this process's first device, so nothing is
-    initialised first and every process reads the checkpoint by itself.
-    """
-    from jaxad import checkpoint, methods, train
-
-    config = train.load_config(workdir)
-    if config.get("method") != "simclr":
+def _check_simclr_run(run: Any) -> None:
+    """A clear error when a run given for VGG19 weights is not a SimCLR run."""
+    if run.config.method != "simclr":
         raise ValueError(
-            f"{workdir} is a run of method {config.get('method')!r}, not 'simclr': VGG19 weights "
-            "come from a SimCLR run (configs/simclr_vgg19.py)."
+            f"{run.workdir} is a run of method {run.config.method!r}, not 'simclr': VGG19 "
+            "weights come from a SimCLR run (configs/simclr_vgg19.py)."
         )
-    method = methods.create(config)
-    batch = train.example_batch(config, 1)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-        jax.eval_shape(method.init, jax.random.key(0), batch),
-    )
-    for name in ("best", "checkpoints"):
-        if not os.path.isdir(os.path.join(workdir, name)):
-            continue
-        ckpt = checkpoint.Checkpointer(workdir, every_steps=0, keep=1, async_save=False, name=name)
-        try:
-            if ckpt.latest_step() is None:
-                continue
-            state, _ = ckpt.restore(abstract)
-        finally:
-            ckpt.close()
-        return jax.device_get(state["model"]["params"]["features"])
-    raise FileNotFoundError(f"no checkpoint in {workdir}/best or {workdir}/checkpoints.")
+
+
+def vgg_params_from_run(run: Any) -> dict:
+    """The `VGG19Features` params of a loaded SimCLR run (`jaxad.checkpoint.Run`).
+
+    They are the conv stack of the state `load_run` chose (the best validated one unless told
+    otherwise), as restored (on the run's mesh), at the run's own `model.vgg_width`.
+    """
+    _check_simclr_run(run)
+    return run.state["model"]["params"]["features"]

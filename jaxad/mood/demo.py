@@ -30,7 +30,7 @@ hyper-parameters from its grid.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import pathlib
@@ -55,18 +55,11 @@ TASKS = ("pixel", "sample")
 # Floor of the per-voxel standard deviation in the z-score: far below the scans' noise (0.01 or
 # more), so that it only matters where every training volume is 0 (the background).
 ZSCORE_EPS = 1e-3
-_REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def load_config(name: str, variant: str):
-    """``configs/<name>.py:<variant>`` of the repository (the configs are not a package)."""
-    path = _REPO / "configs" / f"{name}.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the demo runs from a checkout of jaxad.")
-    spec = importlib.util.spec_from_file_location(f"_jaxad_demo_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    """``configs/<name>.py:<variant>`` (the experiment configs are installed with jaxad)."""
+    return importlib.import_module(f"configs.{name}").get_config(variant)
 
 
 def _override(config, overrides: Mapping[str, Any] | None) -> None:

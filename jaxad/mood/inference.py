@@ -430,47 +430,32 @@ def _params(tree: Any) -> Any:
 def load_axis_models(model_dirs: Sequence[str]) -> list[AxisModel]:
     """The inference state of each finished `jaxad.methods.dpa` run (workdir) in `model_dirs`.
 
-    Reads `config.json` and restores the best validated state (`workdir/best`, which the loop
-    keeps when `config.validation` is on, as the solution kept its best model) or, without
-    one, the latest checkpoint, as `jaxad.predict` does.
+    `jaxad.checkpoint.load_run` reads `config.json` and restores the best validated state
+    (`workdir/best`, which the loop keeps when `config.validation` is on, as the solution kept
+    its best model) or, without one, the latest checkpoint.
     """
-    from jaxad import checkpoint, methods, parallel, train
+    from jaxad import checkpoint, parallel
 
     mesh = parallel.make_mesh()
-    models = []
-    for workdir in model_dirs:
-        config = train.load_config(workdir)
-        method = methods.create(config)
-        local_bs = parallel.local_batch_size(mesh.devices.size, mesh)
-        state = train.init_state(method, config, mesh, local_bs)
-        best = os.path.join(workdir, "best")
-        has_best = os.path.isdir(best) and any(n.isdigit() for n in os.listdir(best))
-        ckpt = checkpoint.Checkpointer(
-            workdir,
-            every_steps=config.get("checkpoint_every", 0),
-            keep=config.get("keep_checkpoints", 1),
-            async_save=False,
-            name="best" if has_best else "checkpoints",
-        )
-        try:
-            state, _ = ckpt.restore(state)
-        finally:
-            ckpt.close()
-        inference = method.inference_state(state)
-        models.append(
-            AxisModel(
-                axis=int(config.dpa.axis),
-                ae=_params(inference["ae"]),
-                vgg=_params(inference["vgg"]),
-                nf=int(config.model.nf),
-                latent_dim=int(config.model.latent_dim),
-                vgg_layer=str(config.dpa.vgg_layer),
-                image_size=int(config.data.image_size),
-                name=str(workdir),
-                vgg_width=int(config.model.get("vgg_width", 64)),
-            )
-        )
-    return models
+    return [
+        axis_model(checkpoint.load_run(workdir, prefer="best", mesh=mesh)) for workdir in model_dirs
+    ]
+
+
+def axis_model(run: Any) -> AxisModel:
+    """The `AxisModel` of a loaded DPA run (`jaxad.checkpoint.Run`)."""
+    config, inference = run.config, run.state
+    return AxisModel(
+        axis=int(config.dpa.axis),
+        ae=_params(inference["ae"]),
+        vgg=_params(inference["vgg"]),
+        nf=int(config.model.nf),
+        latent_dim=int(config.model.latent_dim),
+        vgg_layer=str(config.dpa.vgg_layer),
+        image_size=int(config.data.image_size),
+        name=str(run.workdir),
+        vgg_width=int(config.model.vgg_width),
+    )
 
 
 def random_axis_models(

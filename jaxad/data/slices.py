@@ -2,8 +2,9 @@
 
 The MOOD 2020 DPA solution (Shvetsova et al.) cut every volume into all of its slices along one
 axis, resized each slice to 256 x 256 with MONAI's default "area" mode and dropped slices with
-fewer than 4000 positive pixels (mostly air). These are small pure numpy functions, so that the
-tfds builder and any reader of a user's own NIfTI volumes prepare slices the same way:
+fewer than 4000 positive pixels (mostly air). These are small pure numpy functions, shared by
+the `mood` tfds builder (`data_builders/mood`) and the reader of a user's own NIfTI volumes
+(`jaxad.data.nifti`), so that both prepare slices the same way:
 
 - `area_resize`: adaptive average pooling, what MONAI's and torch's "area" mode compute.
 - `max_resize`: adaptive max pooling over the same windows, for label masks: a pixel is

@@ -1,0 +1,163 @@
+"""The base config: every key the shared code reads, with its default, declared once.
+
+An experiment config starts from `get_config()` and states only what differs:
+
+    from configs import common
+
+    def get_config(arg=None):
+        c = common.get_config()
+        c.method = "lesion2void"
+        c.data.tfds_name = "eyeq/good"
+        c.evals.model = common.anomaly_map_eval()
+        ...
+
+Sections: the loop (top level), `init_from` (start from another run's weights), `validation`,
+`eval` (settings every evaluator shares) and `evals` (the evaluations to run, by name, each
+with a `type` that names a module of `jaxad/evals/`), `data`, `model`, `distributed`. Method
+sections (`l2v`, `picard`, ...) belong to each experiment's file.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.method = ""  # a module of jaxad/methods/ (or a dotted module path with create(config))
+    c.mode = "train"  # 'eval' evaluates the latest checkpoint in workdir.
+    c.seed = 0
+
+    # Start from another finished run's weights (parameters and statistics whose path and
+    # shape match, or what the method's `init_from` hook takes); '' starts from scratch. A run
+    # that already has checkpoints in its own workdir resumes from them instead.
+    c.init_from = ml_collections.ConfigDict()
+    c.init_from.workdir = ""
+    c.init_from.prefer = "best"  # 'best' validated state if the run kept one, else 'latest'
+
+    # Optimisation length.
+    c.batch_size = 32  # global; a multiple of the number of devices
+    c.num_epochs = 1
+    c.total_steps = 0  # > 0 overrides num_epochs.
+
+    # Loop.
+    c.log_every = 50
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 3
+    c.eval_every = 0  # 0: evaluate once, at the end.
+
+    # Validation loss every N steps (methods with `eval_loss`), keeping the best state in
+    # workdir/best and stopping after `patience` validations without a gain of `min_delta`.
+    c.validation = ml_collections.ConfigDict()
+    c.validation.every = 0  # 0: off
+    c.validation.patience = 0  # 0: no early stopping
+    c.validation.min_delta = 0.0
+
+    # Settings every evaluator shares.
+    c.eval = ml_collections.ConfigDict()
+    c.eval.enabled = True  # False skips every evaluation (e.g. data without a labelled split)
+    c.eval.batch_size = 32  # global batch of scoring and of the validation loss
+    c.eval.split = ""  # '' = data.test_split
+    c.eval.pixel_metrics = True  # pixel AUROC/AUPRC/Dice where the split has masks
+    c.eval.num_overlays = 8  # heatmap PNGs of the model's maps (half anomalous, half normal)
+    # The evaluations to run: name -> evaluator config (see the functions below). Metrics go
+    # to workdir/eval/metrics.json under each evaluator's `prefix`.
+    c.evals = ml_collections.ConfigDict()
+
+    c.data = data_config()
+
+    c.model = ml_collections.ConfigDict()
+    # Kernel gradients of the convs by matrix products (jaxad.ops.conv): 'auto' (the CPU
+    # backend, on the layer shapes where it measured faster; off on TPU/GPU), True (every
+    # layer) or False (XLA's lowering everywhere). It changes neither parameters nor outputs.
+    c.model.fast_conv_grad = ml_collections.FieldReference("auto", field_type=object)
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.enabled = False
+    c.distributed.coordinator_address = ""  # empty on Cloud TPU: peers are found automatically.
+    c.distributed.num_processes = 1
+    c.distributed.process_id = 0
+    return c
+
+
+def data_config() -> ml_collections.ConfigDict:
+    """Every key `jaxad.data` reads (sources, pipeline, transforms), with its default."""
+    d = ml_collections.ConfigDict()
+    # Where the data comes from: a tfds builder's name ('eyeq', 'mood', ...: reads tfds_name),
+    # 'folder' (an MVTec-layout folder at root), 'nifti_folder' (NIfTI volumes under root) or
+    # 'demo' (generated locally: `demo` is 'fundus', 'phantom' or 'brain').
+    d.name = "folder"
+    d.tfds_name = ""  # 'NAME/CONFIG'; several comma-separated are read as one dataset
+    d.data_dir = ""  # tfds default: $TFDS_DATA_DIR or ~/tensorflow_datasets.
+    d.root = ""
+    d.demo = "fundus"
+    d.train_split = "train"
+    d.val_split = "validation"
+    d.test_split = "test"
+    # Folder data: the validation hold-out of train/good when there is no val/good, and the
+    # field of view ('ones', 'eyeq': EyeQ's fitted circle per image, 'circle').
+    d.val_fraction = 0.1
+    d.fov = "ones"
+    # NIfTI volumes (name='nifti_folder', demo='brain'): slices along `axis` (an int, or a
+    # comma-separated list read as one dataset), area-resized to `resize` (0: own size), kept
+    # with at least `min_nonzero` positive pixels (when `filter`); volumes hashed into
+    # validation with `split_seed`; slices cached as `dtype`.
+    d.axis = ml_collections.FieldReference(0, field_type=object)
+    d.resize = 256
+    d.min_nonzero = 4000
+    d.filter = True
+    d.split_seed = 0
+    d.dtype = "float16"
+    # Images: resized to image_size (or random crops of crop_size at their own resolution for
+    # training, redrawn while their maximum is below crop_min_max), normalised per channel.
+    d.image_size = 224
+    d.channels = 3
+    d.crop_size = 0
+    d.crop_min_max = 0.0
+    d.mean = (0.5, 0.5, 0.5)
+    d.std = (0.5, 0.5, 0.5)
+    d.hflip = False
+    d.vflip = False
+    d.flip_fov = False
+    # Reading: worker processes, read threads and batches read ahead, per process.
+    d.num_workers = 2
+    d.num_threads = 8
+    d.prefetch = 4
+    return d
+
+
+# --- evaluators ------------------------------------------------------------------------------
+# Each returns the config of one evaluation for `c.evals.<name>`; `type` names the module of
+# jaxad/evals/ that runs it, `prefix` goes before its metric names in metrics.json.
+
+
+def anomaly_map_eval(
+    *, full_resolution: bool = False, prefix: str = ""
+) -> ml_collections.ConfigDict:
+    """The method's anomaly maps (`score`, or `dense_map` at each image's own resolution)."""
+    return ml_collections.ConfigDict(
+        dict(type="anomaly_map", prefix=prefix, full_resolution=full_resolution)
+    )
+
+
+def mean_image_eval(
+    *, full_resolution: bool = False, prefix: str = "baseline/"
+) -> ml_collections.ConfigDict:
+    """Baseline: per-pixel distance from the mean (normalised) training image."""
+    return ml_collections.ConfigDict(
+        dict(type="mean_image", prefix=prefix, full_resolution=full_resolution)
+    )
+
+
+def zscore_eval(
+    *, full_resolution: bool = False, max_train_images: int = 64, prefix: str = "baseline/"
+) -> ml_collections.ConfigDict:
+    """Baseline: |intensity z-score| of each pixel against the training images' pixels."""
+    return ml_collections.ConfigDict(
+        dict(
+            type="zscore",
+            prefix=prefix,
+            full_resolution=full_resolution,
+            max_train_images=max_train_images,
+        )
+    )

@@ -1,0 +1,85 @@
+"""jaxad's common record, the error every reader raises, and the concatenation of sources.
+
+The base of the data sources: each source module (`folder`, `tfds_source`, `nifti`) imports
+this one and none imports another, so that they stay free of import cycles.
+
+Every source has ``__len__`` and ``__getitem__`` (so grain can read it with
+``grain.MapDataset.source``) and returns, per example, a dict of numpy values *before* resizing:
+
+=========  ====================  ==============================================================
+key        type                  meaning
+=========  ====================  ==============================================================
+image      uint8 [H, W, C]       C is 1 or 3; uint16 or float32 for data with more than 8 bits
+                                 (tfds datasets storing them, NIfTI slices), read in unit scale
+                                 by `jaxad.data.transforms`
+mask       uint8 [H, W]          ground-truth anomaly mask in {0, 1}; zeros when there is none
+fov        uint8 [H, W]          field of view in {0, 1}; ones when unknown
+label      int32                 0 normal, 1 anomalous, -1 unknown
+grade      int32                 disease grade, -1 when there is none
+has_mask   bool                  whether ``mask`` is a real ground truth (see each source)
+id         str                   file path (relative to the folder root) or image id
+=========  ====================  ==============================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Source(Protocol):
+    """A random-access source of common records (what grain's ``MapDataset.source`` reads)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+class ImageReadError(OSError):
+    """An image, mask or volume file could not be decoded; the message names the file."""
+
+
+def record(
+    image: np.ndarray,
+    mask: np.ndarray,
+    label: int,
+    has_mask: bool,
+    rel: str,
+    fov: np.ndarray,
+    grade: int = -1,
+) -> dict[str, Any]:
+    """The common record (see the module docstring), with the dtypes every source gives it."""
+    return {
+        "image": image,
+        "mask": mask,
+        "fov": fov,
+        "label": np.int32(label),
+        "grade": np.int32(grade),
+        "has_mask": np.bool_(has_mask),
+        "id": rel,
+    }
+
+
+class ConcatSource:
+    """Several sources read as one, in order (e.g. the slices along every axis for SimCLR)."""
+
+    def __init__(self, parts: Sequence[Source]):
+        if not parts:
+            raise ValueError("ConcatSource needs at least one source")
+        self.parts = list(parts)
+        self._ends = np.cumsum([len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        part = int(np.searchsorted(self._ends, index, side="right"))
+        start = int(self._ends[part - 1]) if part else 0
+        return self.parts[part][index - start]
+
+    def __repr__(self) -> str:
+        return f"ConcatSource({self.parts!r})"

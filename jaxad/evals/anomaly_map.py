@@ -1,0 +1,47 @@
+"""The method's anomaly maps against the split's labels and masks (evaluator type `anomaly_map`).
+
+Options (`configs/common.py:anomaly_map_eval`): `full_resolution` False scores the split
+resized to `data.image_size` in global batches with `method.score` (image scores from
+`method.image_scores`); True scores each image at its own size with `method.dense_map`
+(window-based methods such as PICARD on 2000 x 2500 px slices), the image score being the
+map's maximum inside the field of view. Metrics: `jaxad.evals.core.MapAccumulator`.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from jaxad.evals import core
+from jaxad.methods import base
+
+
+def check(ecfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict, method) -> None:
+    hook = "dense_map" if ecfg.full_resolution else "score"
+    if not base.provides(method, hook):
+        raise ValueError(
+            f"method {config.method!r} has no {hook}: it cannot make the anomaly maps of "
+            f"evaluator type 'anomaly_map' (full_resolution={bool(ecfg.full_resolution)})."
+        )
+
+
+def evaluate(ecfg, config, method, state, mesh) -> core.Result:
+    acc = core.MapAccumulator(
+        pixel_metrics=bool(config.eval.pixel_metrics), num_overlays=int(config.eval.num_overlays)
+    )
+    if ecfg.full_resolution:
+        key = jax.random.fold_in(jax.random.key(config.seed), 2)
+
+        def map_of(rec, image, index):
+            return method.dense_map(state, image, jax.random.fold_in(key, index))
+
+        core.accumulate_full_resolution(config, map_of, acc)
+    else:
+        scores_of = core.batch_scorer(method, state, mesh, config.seed)
+
+        def maps_of(local):
+            out = scores_of(local)
+            return out["map"], out["image_score"]
+
+        core.accumulate_batched(config, mesh, maps_of, acc)
+    return acc.finish()

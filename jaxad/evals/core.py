@@ -1,0 +1,370 @@
+"""The shared core of every evaluator: scoring a split, streaming metrics, one report writer.
+
+Every evaluator (`jaxad/evals/<type>.py`) turns a state into a `Result` (metrics, per-image
+rows, overlay panels); `jaxad.evals.run` prefixes and merges them and `write_reports` writes
+one `metrics.json` and one `scores.csv` (process 0 only, after every process's images have
+been gathered). Anomaly-map evaluators share `MapAccumulator` and one of the two scoring
+drivers: `accumulate_batched` (the split resized to `data.image_size`, in global batches) and
+`accumulate_full_resolution` (image by image at each image's own size).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from PIL import Image
+
+from jaxad import metrics as metrics_lib
+from jaxad import parallel, viz
+from jaxad.data import pipeline, sources, transforms
+
+# Overlays of full-resolution maps are downscaled so that their long side is at most this.
+OVERLAY_SIDE = 1024
+
+
+def uses_full_resolution(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run's anomaly maps are made at each image's own size (`dense_map`)."""
+    return any(e.type == "anomaly_map" and bool(e.full_resolution) for e in config.evals.values())
+
+
+def make_score_fn(method, mesh: Mesh):
+    """Jits `method.score` with the batch and its outputs sharded along the data axis."""
+    return jax.jit(method.score, out_shardings=parallel.batch_sharded(mesh))
+
+
+def batch_scorer(method, state, mesh: Mesh, seed: int) -> Callable[[dict], dict]:
+    """`method.score` of successive local batches, as numpy rows of this process.
+
+    The key of the i-th batch is `fold_in(seed key, i)`, so stochastic scores are
+    reproducible; `image_score` is added (the method's host-side image scores).
+    """
+    score_fn = make_score_fn(method, mesh)
+    key = jax.random.fold_in(jax.random.key(seed), 2)
+    counter = itertools.count()
+
+    def scores_of(local: dict) -> dict:
+        batch = parallel.global_batch(mesh, local)
+        out = score_fn(state, batch, jax.random.fold_in(key, next(counter)))
+        out = {k: local_rows(v, mesh) for k, v in out.items()}
+        out["image_score"] = np.asarray(method.image_scores(out), np.float64)
+        return out
+
+    return scores_of
+
+
+def score_stream(
+    method, state, mesh: Mesh, batches: Iterable[dict], seed: int
+) -> Iterator[tuple[dict, dict]]:
+    """Yields (local batch, `batch_scorer` outputs) per batch, e.g. for prediction."""
+    scores_of = batch_scorer(method, state, mesh, seed)
+    for local in batches:
+        yield local, scores_of(local)
+
+
+def local_rows(x: jax.Array, mesh: Mesh) -> np.ndarray:
+    """This process's rows of a batch-sharded global array."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    return np.asarray(
+        multihost_utils.global_array_to_host_local_array(
+            x, mesh, jax.sharding.PartitionSpec("data")
+        )
+    )
+
+
+def unit_image(rec: dict[str, Any], channels: int) -> np.ndarray:
+    """A record's image as float32 [H, W, channels] in [0, 1], at its own resolution."""
+    image = transforms.to_channels(rec["image"], channels)
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / np.float32(255.0)
+    return transforms.unit_float(image)
+
+
+def downscale(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None):
+    """Image, map and mask shrunk (bilinear) so that the long side is at most 1024, for PNGs."""
+    h, w = amap.shape
+    factor = max(h, w) / OVERLAY_SIDE
+    if factor <= 1:
+        return image, amap, mask
+    size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    small = np.stack(
+        [
+            np.asarray(Image.fromarray(image[..., c], "F").resize(size))
+            for c in range(image.shape[-1])
+        ],
+        axis=-1,
+    )
+    amap = np.asarray(Image.fromarray(amap.astype(np.float32), "F").resize(size))
+    if mask is not None:
+        mask = np.asarray(Image.fromarray((mask > 0).astype(np.uint8) * 255).resize(size)) > 127
+    return small, amap, mask
+
+
+# --- multi-host ------------------------------------------------------------------------------
+
+
+def sum_over_processes(x: np.ndarray) -> np.ndarray:
+    """Element-wise sum of an equal-shaped array over every process (identity on one)."""
+    if jax.process_count() == 1:
+        return x
+    return np.asarray(multihost_utils.process_allgather(x)).sum(axis=0)
+
+
+def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every process's rows (JSON-able dicts), in process order; identity on one process."""
+    if jax.process_count() == 1:
+        return rows
+    data = np.frombuffer(json.dumps(rows).encode(), np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.array([data.size]))).reshape(-1)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[: data.size] = data
+    parts = multihost_utils.process_allgather(padded)
+    out = []
+    for part, length in zip(parts, lengths, strict=True):
+        out.extend(json.loads(bytes(part[:length]).decode()))
+    return out
+
+
+# --- metrics of anomaly maps -----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Result:
+    """What one evaluator produced: metrics (unprefixed), per-image rows and overlay panels.
+
+    Rows hold `id`, `label`, `grade`, `has_mask` and the evaluator's own columns (for maps:
+    `score`, and `pixel_auroc`, `pixel_auprc` for images with both pixel classes).
+    """
+
+    metrics: dict[str, Any]
+    rows: list[dict[str, Any]]
+    overlays: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+class MapAccumulator:
+    """Streams anomaly maps into image and pixel metrics, in constant memory.
+
+    Image level: the image scores of every labelled image (`image_auroc`, `image_auprc`,
+    `f1_max`, and Lesion2Void's per-grade AUROCs where grades exist). Pixel level (when
+    `pixel_metrics`), over the images whose ground truth is known (a mask, or a normal image,
+    whose pixels are all negative), inside the field of view: pooled over every pixel
+    (`pixel_auroc`, `pixel_auprc`, `best_dice`), exact for maps rounded to float16
+    (`metrics.Float16Histogram`), and averaged per image over the images that have both
+    classes (`pixel_auroc_per_image`, `pixel_auprc_per_image`). Processes add their own images;
+    `finish` combines them, so a multi-host evaluation gives the numbers of one host.
+    """
+
+    def __init__(self, *, pixel_metrics: bool, num_overlays: int = 0):
+        self.pixel_metrics = pixel_metrics
+        self.num_overlays = num_overlays if jax.process_index() == 0 else 0
+        self.hist = metrics_lib.Float16Histogram()
+        self.rows: list[dict[str, Any]] = []
+        self.overlays: list[dict[str, Any]] = []
+
+    def add(
+        self,
+        *,
+        id: str,
+        label: int,
+        grade: int,
+        has_mask: bool,
+        score: float,
+        amap: np.ndarray,
+        mask: np.ndarray,
+        fov: np.ndarray,
+    ) -> None:
+        """Adds one image: its map [H, W], mask and FOV (> 0.5 is true) and image score."""
+        row = {
+            "id": str(id),
+            "label": int(label),
+            "grade": int(grade),
+            "has_mask": bool(has_mask),
+            "score": float(score),
+        }
+        mask, fov = np.asarray(mask) > 0.5, np.asarray(fov) > 0.5
+        if self.pixel_metrics and (has_mask or label == 0):
+            self.hist.update(amap, mask, valid=fov)
+            if (mask & fov).any() and (~mask & fov).any():
+                own = metrics_lib.Float16Histogram().update(amap, mask, valid=fov).metrics()
+                row["pixel_auroc"] = own["pixel_auroc"]
+                row["pixel_auprc"] = own["pixel_auprc"]
+        self.rows.append(row)
+
+    def add_overlay(self, id: str, label: int, image, amap, mask) -> None:
+        """Keeps one panel: image, map and mask (None: no ground truth)."""
+        self.overlays.append(dict(id=str(id), label=int(label), image=image, map=amap, mask=mask))
+
+    def wants_overlay(self, label: int) -> bool:
+        """Up to `num_overlays` panels, half anomalous and half normal when both exist."""
+        abnormal = sum(o["label"] > 0 for o in self.overlays)
+        normal = len(self.overlays) - abnormal
+        if label > 0:
+            return abnormal < self.num_overlays // 2
+        return normal < self.num_overlays - self.num_overlays // 2
+
+    def finish(self) -> Result:
+        """Combines every process's images; every process gets the same metrics."""
+        self.hist.counts = sum_over_processes(self.hist.counts)
+        rows = gather_rows(self.rows)
+        out: dict[str, Any] = {"num_images": len(rows)}
+        out.update(image_metrics(rows))
+        if self.pixel_metrics:
+            out.update(self.hist.metrics())
+            for name in ("pixel_auroc", "pixel_auprc"):
+                own = [r[name] for r in rows if name in r]
+                out[f"{name}_per_image"] = float(np.mean(own)) if own else float("nan")
+        return Result(out, rows, self.overlays)
+
+
+def image_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Image AUROC/AUPRC/F1 of rows with a label and a finite score, and per-grade AUROCs."""
+    labelled = [r for r in rows if r["label"] >= 0 and np.isfinite(r["score"])]
+    scores = np.array([r["score"] for r in labelled], np.float64)
+    labels = np.array([r["label"] for r in labelled], np.int64)
+    out = dict(metrics_lib.image_metrics(scores, labels))
+    graded = [(r["score"], r["grade"]) for r in labelled if r["grade"] >= 0]
+    if graded:
+        s, g = zip(*graded, strict=True)
+        out.update(metrics_lib.grade_aurocs(np.array(s), np.array(g)))
+    return out
+
+
+# --- the two ways of scoring a split ---------------------------------------------------------
+
+
+def eval_split(config: ml_collections.ConfigDict) -> str:
+    return config.eval.split or config.data.test_split
+
+
+def accumulate_batched(
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    maps_of: Callable[[dict], tuple[np.ndarray, np.ndarray]],
+    acc: MapAccumulator,
+) -> MapAccumulator:
+    """Scores the split resized to `data.image_size`, in padded global batches.
+
+    `maps_of(local_batch)` gives this process's maps [B, S, S] and image scores [B]; every
+    process calls it for the same number of batches (collectives inside stay in lock-step).
+    """
+    local_bs = parallel.local_batch_size(config.eval.batch_size, mesh, key="eval.batch_size")
+    for local in pipeline.eval_batches(config.data, eval_split(config), local_batch_size=local_bs):
+        maps, scores = maps_of(local)
+        for j in np.flatnonzero(local["valid"]):
+            acc.add(
+                id=local["id"][j],
+                label=local["label"][j],
+                grade=local["grade"][j],
+                has_mask=local["has_mask"][j],
+                score=scores[j],
+                amap=maps[j],
+                mask=local["mask"][j],
+                fov=local["fov"][j],
+            )
+            if acc.wants_overlay(local["label"][j]):
+                mask = local["mask"][j] if local["has_mask"][j] else None
+                acc.add_overlay(
+                    local["id"][j], local["label"][j], local["image_uint8"][j], maps[j], mask
+                )
+    return acc
+
+
+def accumulate_full_resolution(
+    config: ml_collections.ConfigDict,
+    map_of: Callable[[dict, np.ndarray, int], np.ndarray],
+    acc: MapAccumulator,
+) -> MapAccumulator:
+    """Scores the split image by image at each image's own resolution.
+
+    `map_of(record, unit_image, index)` gives the map [H, W] of one image (float32 [H, W, C]
+    in [0, 1]); the image score is the map's maximum inside the field of view (a small lesion
+    shows in its peak, not in the image mean). Processes take images `index::process_count`;
+    memory stays at one image and its map.
+    """
+    src = sources.get_source(config.data, eval_split(config))
+    for i in range(jax.process_index(), len(src), jax.process_count()):
+        rec = src[i]
+        image = unit_image(rec, config.data.channels)
+        amap = np.asarray(map_of(rec, image, i), np.float32)
+        if amap.shape != image.shape[:2]:
+            raise ValueError(
+                f"the anomaly map has shape {amap.shape} for an image of {image.shape}"
+            )
+        fov = rec["fov"] > 0
+        acc.add(
+            id=rec["id"],
+            label=rec["label"],
+            grade=rec["grade"],
+            has_mask=rec["has_mask"],
+            score=float(amap[fov].max()) if fov.any() else float("nan"),
+            amap=amap,
+            mask=rec["mask"],
+            fov=fov,
+        )
+        if acc.wants_overlay(rec["label"]):
+            mask = rec["mask"] if rec["has_mask"] else None
+            acc.add_overlay(rec["id"], rec["label"], *downscale(image, amap, mask))
+    return acc
+
+
+# --- reports ---------------------------------------------------------------------------------
+
+ROW_KEYS = ("id", "label", "grade", "has_mask")
+
+
+def write_reports(out_dir: str, results: dict, tables: list[tuple[str, Result]]) -> None:
+    """Writes `metrics.json`, `scores.csv` and `overlays/` (process 0 only).
+
+    `scores.csv` has one row per image of the first evaluator's order (images only another
+    evaluator scored follow), columns `id, label, grade, has_mask` and then each evaluator's
+    own columns under its prefix (`score`, `baseline/score`, `pixel_auroc`, ...); a cell is
+    empty where an evaluator has no value.
+    """
+    if jax.process_index() != 0:
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+    merged: dict[str, dict[str, Any]] = {}
+    columns: list[str] = list(ROW_KEYS)
+    for prefix, result in tables:
+        for row in result.rows:
+            target = merged.setdefault(row["id"], {k: row[k] for k in ROW_KEYS})
+            for k, v in row.items():
+                if k in ROW_KEYS:
+                    continue
+                target[prefix + k] = v
+                if prefix + k not in columns:
+                    columns.append(prefix + k)
+    if merged:
+        with open(os.path.join(out_dir, "scores.csv"), "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(columns)
+            for row in merged.values():
+                w.writerow([_cell(row.get(c, "")) for c in columns])
+    for prefix, result in tables:
+        if not result.overlays:
+            continue
+        d = os.path.join(out_dir, "overlays", prefix.strip("/").replace("/", "_"))
+        os.makedirs(d, exist_ok=True)
+        for it in result.overlays:
+            stem = os.path.splitext(it["id"])[0].replace("/", "_").replace(os.sep, "_")
+            panel = viz.side_by_side(it["image"], it["map"], it["mask"])
+            viz.save_png(os.path.join(d, f"{stem}_label{it['label']}.png"), panel)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

@@ -30,6 +30,7 @@ setuptools.setup(
         "pillow>=10.0",
         "pydicom>=2.4",  # DICOM (RSNA, Duke DBT)
         "nibabel>=5.0",  # NIfTI (MOOD)
+        "safetensors>=0.4",  # ImageNet VGG19 weights read without pickle (MorphAEus)
         "matplotlib>=3.7",
         "scipy>=1.11",
         "tensorboardX>=2.6",

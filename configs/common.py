@@ -85,7 +85,7 @@ def data_config() -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
     # Where the data comes from: a tfds builder's name ('eyeq', 'mood', ...: reads tfds_name),
     # 'folder' (an MVTec-layout folder at root), 'nifti_folder' (NIfTI volumes under root) or
-    # 'demo' (generated locally: `demo` is 'fundus', 'phantom' or 'brain').
+    # 'demo' (generated locally: `demo` is 'fundus', 'phantom', 'brain' or 'cxr').
     d.name = "folder"
     d.tfds_name = ""  # 'NAME/CONFIG'; several comma-separated are read as one dataset
     d.data_dir = ""  # tfds default: $TFDS_DATA_DIR or ~/tensorflow_datasets.
@@ -128,35 +128,51 @@ def data_config() -> ml_collections.ConfigDict:
 
 # --- evaluators ------------------------------------------------------------------------------
 # Each returns the config of one evaluation for `c.evals.<name>`; `type` names the module of
-# jaxad/evals/ that runs it, `prefix` goes before its metric names in metrics.json.
+# jaxad/evals/ that runs it, `prefix` goes before its metric names in metrics.json, `split`
+# ('' = eval.split, else data.test_split; 'a+b' reads two splits as one) is what it scores.
 
 
 def anomaly_map_eval(
-    *, full_resolution: bool = False, prefix: str = ""
+    *, full_resolution: bool = False, prefix: str = "", split: str = "", output: str = "map"
 ) -> ml_collections.ConfigDict:
-    """The method's anomaly maps (`score`, or `dense_map` at each image's own resolution)."""
+    """The method's anomaly maps (`score`, or `dense_map` at each image's own resolution).
+
+    `output` names the map among `score`'s outputs (a method may return several, e.g. a
+    variant's: `<output>` with its image scores `<output>_score`).
+    """
     return ml_collections.ConfigDict(
-        dict(type="anomaly_map", prefix=prefix, full_resolution=full_resolution)
+        dict(
+            type="anomaly_map",
+            prefix=prefix,
+            split=split,
+            full_resolution=full_resolution,
+            output=output,
+        )
     )
 
 
 def mean_image_eval(
-    *, full_resolution: bool = False, prefix: str = "baseline/"
+    *, full_resolution: bool = False, prefix: str = "baseline/", split: str = ""
 ) -> ml_collections.ConfigDict:
     """Baseline: per-pixel distance from the mean (normalised) training image."""
     return ml_collections.ConfigDict(
-        dict(type="mean_image", prefix=prefix, full_resolution=full_resolution)
+        dict(type="mean_image", prefix=prefix, split=split, full_resolution=full_resolution)
     )
 
 
 def zscore_eval(
-    *, full_resolution: bool = False, max_train_images: int = 64, prefix: str = "baseline/"
+    *,
+    full_resolution: bool = False,
+    max_train_images: int = 64,
+    prefix: str = "baseline/",
+    split: str = "",
 ) -> ml_collections.ConfigDict:
     """Baseline: |intensity z-score| of each pixel against the training images' pixels."""
     return ml_collections.ConfigDict(
         dict(
             type="zscore",
             prefix=prefix,
+            split=split,
             full_resolution=full_resolution,
             max_train_images=max_train_images,
         )

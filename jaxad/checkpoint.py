@@ -109,12 +109,26 @@ class Checkpointer:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run was trained with (its `config.json`, written by the loop)."""
+    """The config a run was trained with (its `config.json`, written by the loop).
+
+    It is read over the base config (`configs/common.py`), so that a run saved before a key
+    existed still has every key the code reads, at its default. A run saved before evaluators
+    were named (no `evals`) gets the one anomaly-map evaluator it had (`eval.dense`: at full
+    resolution).
+    """
+    from configs import common  # The base config: every key the shared code reads.
+
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: is {workdir} the workdir of a jaxad run?")
     with open(path, encoding="utf-8") as f:
-        return ml_collections.ConfigDict(json.load(f))
+        saved = json.load(f)
+    config = common.get_config()
+    config.update(saved)
+    if "evals" not in saved and config.method:
+        dense = bool(saved.get("eval", {}).get("dense", False))
+        config.evals.model = common.anomaly_map_eval(full_resolution=dense)
+    return config
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 __all__ = [
     "Float16Histogram",
@@ -55,26 +60,39 @@ def _has_both_classes(labels: np.ndarray) -> bool:
     return bool(labels.any() and not labels.all())
 
 
+def fpr_at_tpr(labels: Any, scores: Any, tpr_level: float) -> float:
+    """The false-positive rate of the first ROC threshold whose TPR reaches `tpr_level`.
+
+    What MorphAEus reports (FPR@TPR95/99): how many normal images an operator must review to
+    catch that share of the anomalous ones.
+    """
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return float(fpr[int(np.argmax(tpr >= tpr_level))])
+
+
 def image_metrics(scores: Any, labels: Any) -> dict[str, float]:
-    """Image-level AUROC, average precision and F1-max.
+    """Image-level AUROC, average precision, F1-max and the FPR at 95 % and 99 % TPR.
 
     Args:
       scores: [N] anomaly scores, higher = more anomalous.
       labels: [N] 0 for normal, anything else for anomalous.
 
     Returns:
-      dict with `image_auroc`, `image_auprc` (average precision) and `f1_max` (best F1 over
-      thresholds). All three are NaN when only one class is present: none is meaningful then
-      (sklearn would raise for AUROC and return trivial values for the others).
+      dict with `image_auroc`, `image_auprc` (average precision), `f1_max` (best F1 over
+      thresholds), `fpr_at_tpr95` and `fpr_at_tpr99`. All are NaN when only one class is
+      present: none is meaningful then (sklearn would raise for AUROC and return trivial values
+      for the others).
     """
     scores, labels = _binary_scores(scores, labels)
+    keys = ("image_auroc", "image_auprc", "f1_max", "fpr_at_tpr95", "fpr_at_tpr99")
     if not _has_both_classes(labels):
-        nan = float("nan")
-        return {"image_auroc": nan, "image_auprc": nan, "f1_max": nan}
+        return dict.fromkeys(keys, float("nan"))
     return {
         "image_auroc": float(roc_auc_score(labels, scores)),
         "image_auprc": float(average_precision_score(labels, scores)),
         "f1_max": max_f1(labels, scores),
+        "fpr_at_tpr95": fpr_at_tpr(labels, scores, 0.95),
+        "fpr_at_tpr99": fpr_at_tpr(labels, scores, 0.99),
     }
 
 

@@ -24,14 +24,15 @@ def initialize_distributed(dist_cfg: Any) -> None:
 
     On Cloud TPU pods `jax.distributed.initialize()` finds its peers by itself: set
     `distributed.enabled=True` and leave the address empty. On CPU the collectives use gloo.
+    `dist_cfg` is `config.distributed` (configs/common.py).
     """
-    if dist_cfg is None or not dist_cfg.get("enabled", False):
+    if not dist_cfg.enabled:
         return
     # Cross-process collectives on CPU go through gloo; accelerators ignore this setting. (The
     # backend cannot be queried here: that would initialise it before the job is joined.)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs = {}
-    if dist_cfg.get("coordinator_address"):
+    if dist_cfg.coordinator_address:
         kwargs = dict(
             coordinator_address=dist_cfg.coordinator_address,
             num_processes=dist_cfg.num_processes,

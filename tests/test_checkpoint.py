@@ -251,3 +251,15 @@ def test_methods_never_import_the_loop_or_the_checkpoints():
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_a_config_saved_before_a_key_existed_reads_with_the_defaults(tmp_path):
+    """Runs saved by an earlier jaxad load: missing keys take the base config's defaults."""
+    import json
+
+    old = {"method": "picard", "data": {"name": "demo", "image_size": 64}, "eval": {"dense": True}}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config = checkpoint.load_config(str(tmp_path))
+    assert config.data.image_size == 64 and config.data.crop_size == 0
+    assert config.init_from.prefer == "best" and config.validation.every == 0
+    assert config.evals.model.type == "anomaly_map" and config.evals.model.full_resolution

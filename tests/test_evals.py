@@ -211,3 +211,29 @@ def test_a_non_map_evaluator_from_its_own_module(config, tmp_path, monkeypatch):
     with open(tmp_path / "run" / "eval" / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["g/pred"] for r in rows] == ["0", "1", "2"]
+
+
+class TwoMaps(MeanBrightness):
+    """Returns a second map (its negative) under its own name, as a variant would."""
+
+    def score(self, state, batch, key):
+        out = super().score(state, batch, key)
+        return {**out, "neg": -out["map"], "neg_score": -out["score"]}
+
+
+def test_an_evaluator_per_split_and_per_output(config, tmp_path):
+    """Each evaluator scores its own split ('a+b' reads both) and its own map of `score`."""
+    from configs import common
+
+    config.data.image_size = 24
+    config.eval.batch_size = 4
+    config.evals = {}
+    config.evals.model = common.anomaly_map_eval()
+    config.evals.both = common.anomaly_map_eval(prefix="both/", split="train+test")
+    config.evals.neg = common.anomaly_map_eval(prefix="neg/", output="neg")
+    results = evals.run(
+        config, str(tmp_path / "run"), TwoMaps(), None, parallel.make_mesh(), step=0
+    )
+    assert results["num_images"] == 6 and results["split"] == "test"
+    assert results["both/num_images"] == 2 + 6 and results["both/split"] == "train+test"
+    assert results["neg/image_auroc"] == pytest.approx(1 - results["image_auroc"])

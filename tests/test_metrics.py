@@ -32,6 +32,18 @@ class TestImageMetrics:
         assert out["image_auprc"] == pytest.approx(5 / 6)
         # Best threshold 0.35: P = 2/3, R = 1, F1 = 0.8.
         assert out["f1_max"] == pytest.approx(0.8)
+        # Catching both anomalies (TPR 1 >= 95 %) takes the threshold 0.35: 1 of 2 normals above.
+        assert out["fpr_at_tpr95"] == out["fpr_at_tpr99"] == pytest.approx(0.5)
+
+    def test_fpr_at_tpr_by_brute_force(self):
+        rng = np.random.default_rng(1)
+        labels = rng.random(300) < 0.4
+        scores = np.round(rng.normal(size=300) + 1.5 * labels, 1)
+        out = metrics.image_metrics(scores, labels.astype(int))
+        for level, key in ((0.95, "fpr_at_tpr95"), (0.99, "fpr_at_tpr99")):
+            # The highest threshold that flags at least `level` of the anomalous images.
+            best = max(t for t in np.unique(scores) if np.mean(scores[labels] >= t) >= level)
+            assert out[key] == pytest.approx(np.mean(scores[~labels] >= best))
 
     def test_matches_sklearn_and_brute_force(self):
         rng = np.random.default_rng(0)
@@ -52,7 +64,7 @@ class TestImageMetrics:
     @pytest.mark.parametrize("labels", [[0, 0, 0], [1, 1, 1]])
     def test_one_class_gives_nan(self, labels):
         out = metrics.image_metrics([0.1, 0.2, 0.3], labels)
-        assert set(out) == {"image_auroc", "image_auprc", "f1_max"}
+        assert set(out) == {"image_auroc", "image_auprc", "f1_max", "fpr_at_tpr95", "fpr_at_tpr99"}
         assert all(math.isnan(v) for v in out.values())
 
     def test_length_mismatch(self):

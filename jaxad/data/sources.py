@@ -106,6 +106,13 @@ def _phantom_demo(data_cfg, split: str) -> FolderSource:
     return _folder_source(phantom.ensure_phantom_demo(data_cfg.root or None), data_cfg, split)
 
 
+def _cxr_demo(data_cfg, split: str) -> FolderSource:
+    """Procedural chest X-rays with opacities (`jaxad.data.cxr_phantom`), read as a folder."""
+    from jaxad.data import cxr_phantom
+
+    return _folder_source(cxr_phantom.ensure_cxr_demo(data_cfg.root or None), data_cfg, split)
+
+
 def _brain_demo(data_cfg, split: str) -> Source:
     """Procedural brain MRI volumes (`jaxad.data.brain_phantom`): the normal training population
     under ``train/``, read as ``"nifti_folder"``."""
@@ -124,6 +131,7 @@ DEMOS: dict[str, Factory] = {
     "fundus": _fundus_demo,
     "phantom": _phantom_demo,
     "brain": _brain_demo,
+    "cxr": _cxr_demo,
 }
 
 
@@ -153,5 +161,13 @@ SOURCES: dict[str, Factory] = {"folder": _folder, "nifti_folder": _nifti_folder,
 
 def get_source(data_cfg, split: str) -> Source:
     """The source of ``split`` described by ``data_cfg`` (an ml_collections ConfigDict): the
-    factory `SOURCES` lists for ``data_cfg.name``, else a tfds dataset."""
-    return SOURCES.get(data_cfg.name, _tfds)(data_cfg, split)
+    factory `SOURCES` lists for ``data_cfg.name``, else a tfds dataset.
+
+    ``"a+b"`` reads splits ``a`` and ``b`` as one source, in that order (e.g. the normal test
+    images with one anomalous set: ``"test+test_opacity"``).
+    """
+    make = SOURCES.get(data_cfg.name, _tfds)
+    parts = [p.strip() for p in split.split("+") if p.strip()]
+    if len(parts) > 1:
+        return ConcatSource([make(data_cfg, p) for p in parts])
+    return make(data_cfg, split)

@@ -74,7 +74,7 @@ def run(
     """Runs every evaluator of `config.evals`, writes `workdir/eval/`, returns the metrics."""
     if not config.eval.enabled or not config.evals:
         return {"step": int(step)}
-    results: dict[str, Any] = {"step": int(step), "split": core.eval_split(config)}
+    results: dict[str, Any] = {"step": int(step)}
     check(config, method)
     tables = []
     # The unprefixed evaluator (the method's own maps) first: its rows order scores.csv.

@@ -4,7 +4,9 @@ Options (`configs/common.py:anomaly_map_eval`): `full_resolution` False scores t
 resized to `data.image_size` in global batches with `method.score` (image scores from
 `method.image_scores`); True scores each image at its own size with `method.dense_map`
 (window-based methods such as PICARD on 2000 x 2500 px slices), the image score being the
-map's maximum inside the field of view. Metrics: `jaxad.evals.core.MapAccumulator`.
+map's maximum inside the field of view. `output` names another map of `score`'s outputs
+(`<output>` [B, H, W] with its image scores `<output>_score` [B]), e.g. a variant trained in
+the same run. Metrics: `jaxad.evals.core.MapAccumulator`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from jaxad.methods import base
 
 
 def check(ecfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict, method) -> None:
+    if ecfg.full_resolution and ecfg.output != "map":
+        raise ValueError(
+            f"output={ecfg.output!r} needs full_resolution=False: dense_map gives one map."
+        )
     hook = "dense_map" if ecfg.full_resolution else "score"
     if not base.provides(method, hook):
         raise ValueError(
@@ -26,6 +32,7 @@ def check(ecfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict, me
 
 
 def evaluate(ecfg, config, method, state, mesh) -> core.Result:
+    split = core.eval_split(config, ecfg)
     acc = core.MapAccumulator(
         pixel_metrics=bool(config.eval.pixel_metrics), num_overlays=int(config.eval.num_overlays)
     )
@@ -35,13 +42,15 @@ def evaluate(ecfg, config, method, state, mesh) -> core.Result:
         def map_of(rec, image, index):
             return method.dense_map(state, image, jax.random.fold_in(key, index))
 
-        core.accumulate_full_resolution(config, map_of, acc)
+        core.accumulate_full_resolution(config, split, map_of, acc)
     else:
         scores_of = core.batch_scorer(method, state, mesh, config.seed)
 
         def maps_of(local):
             out = scores_of(local)
-            return out["map"], out["image_score"]
+            if ecfg.output == "map":
+                return out["map"], out["image_score"]
+            return out[ecfg.output], out[f"{ecfg.output}_score"]
 
-        core.accumulate_batched(config, mesh, maps_of, acc)
-    return acc.finish()
+        core.accumulate_batched(config, split, mesh, maps_of, acc)
+    return acc.finish(split)

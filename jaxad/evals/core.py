@@ -213,11 +213,11 @@ class MapAccumulator:
             return abnormal < self.num_overlays // 2
         return normal < self.num_overlays - self.num_overlays // 2
 
-    def finish(self) -> Result:
+    def finish(self, split: str) -> Result:
         """Combines every process's images; every process gets the same metrics."""
         self.hist.counts = sum_over_processes(self.hist.counts)
         rows = gather_rows(self.rows)
-        out: dict[str, Any] = {"num_images": len(rows)}
+        out: dict[str, Any] = {"split": split, "num_images": len(rows)}
         out.update(image_metrics(rows))
         if self.pixel_metrics:
             out.update(self.hist.metrics())
@@ -243,12 +243,17 @@ def image_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
 # --- the two ways of scoring a split ---------------------------------------------------------
 
 
-def eval_split(config: ml_collections.ConfigDict) -> str:
-    return config.eval.split or config.data.test_split
+def eval_split(config: ml_collections.ConfigDict, ecfg: ml_collections.ConfigDict) -> str:
+    """The split an evaluator scores: its own `split`, else `eval.split`, else the test split.
+
+    `"a+b"` reads several splits as one (e.g. normal test images with one anomalous set).
+    """
+    return ecfg.split or config.eval.split or config.data.test_split
 
 
 def accumulate_batched(
     config: ml_collections.ConfigDict,
+    split: str,
     mesh: Mesh,
     maps_of: Callable[[dict], tuple[np.ndarray, np.ndarray]],
     acc: MapAccumulator,
@@ -259,7 +264,7 @@ def accumulate_batched(
     process calls it for the same number of batches (collectives inside stay in lock-step).
     """
     local_bs = parallel.local_batch_size(config.eval.batch_size, mesh, key="eval.batch_size")
-    for local in pipeline.eval_batches(config.data, eval_split(config), local_batch_size=local_bs):
+    for local in pipeline.eval_batches(config.data, split, local_batch_size=local_bs):
         maps, scores = maps_of(local)
         for j in np.flatnonzero(local["valid"]):
             acc.add(
@@ -282,6 +287,7 @@ def accumulate_batched(
 
 def accumulate_full_resolution(
     config: ml_collections.ConfigDict,
+    split: str,
     map_of: Callable[[dict, np.ndarray, int], np.ndarray],
     acc: MapAccumulator,
 ) -> MapAccumulator:
@@ -292,7 +298,7 @@ def accumulate_full_resolution(
     shows in its peak, not in the image mean). Processes take images `index::process_count`;
     memory stays at one image and its map.
     """
-    src = sources.get_source(config.data, eval_split(config))
+    src = sources.get_source(config.data, split)
     for i in range(jax.process_index(), len(src), jax.process_count()):
         rec = src[i]
         image = unit_image(rec, config.data.channels)

@@ -53,6 +53,7 @@ def _resize(mean: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def evaluate(ecfg, config, method, state, mesh) -> core.Result:
+    split = core.eval_split(config, ecfg)
     del method, state
     local_bs = parallel.local_batch_size(config.eval.batch_size, mesh, key="eval.batch_size")
     mean = mean_training_image(config, local_bs)
@@ -67,9 +68,13 @@ def evaluate(ecfg, config, method, state, mesh) -> core.Result:
             ref = _resize(mean, *image.shape[:2])
             return metrics_lib.distance_to_mean(ref, normalised[None])[0][0]
 
-        core.accumulate_full_resolution(config, map_of, acc)
+        core.accumulate_full_resolution(config, split, map_of, acc)
     else:
         core.accumulate_batched(
-            config, mesh, lambda local: metrics_lib.distance_to_mean(mean, local["image"]), acc
+            config,
+            split,
+            mesh,
+            lambda local: metrics_lib.distance_to_mean(mean, local["image"]),
+            acc,
         )
-    return acc.finish()
+    return acc.finish(split)

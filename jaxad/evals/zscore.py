@@ -47,6 +47,7 @@ def intensity_stats(config: ml_collections.ConfigDict, max_images: int) -> tuple
 
 
 def evaluate(ecfg, config, method, state, mesh) -> core.Result:
+    split = core.eval_split(config, ecfg)
     del method, state
     mean, std = intensity_stats(config, int(ecfg.max_train_images))
     acc = core.MapAccumulator(pixel_metrics=bool(config.eval.pixel_metrics))
@@ -56,7 +57,7 @@ def evaluate(ecfg, config, method, state, mesh) -> core.Result:
             del rec, index
             return np.abs(image.mean(axis=-1) - mean) / std
 
-        core.accumulate_full_resolution(config, map_of, acc)
+        core.accumulate_full_resolution(config, split, map_of, acc)
     else:
         data_mean = np.asarray(config.data.mean, np.float32)
         data_std = np.asarray(config.data.std, np.float32)
@@ -70,5 +71,5 @@ def evaluate(ecfg, config, method, state, mesh) -> core.Result:
             )
             return maps.astype(np.float32), scores
 
-        core.accumulate_batched(config, mesh, maps_of, acc)
-    return acc.finish()
+        core.accumulate_batched(config, split, mesh, maps_of, acc)
+    return acc.finish(split)

@@ -42,7 +42,9 @@ class Method:
         """Anomaly maps of a resized batch; pure and jittable.
 
         Returns `map` [B, H, W] (higher = more anomalous) and `score` [B]; it may return further
-        per-image arrays that `image_scores` needs on the host.
+        per-image arrays that `image_scores` needs on the host, and further maps `<name>` with
+        their image scores `<name>_score` (an `anomaly_map` evaluator with `output=<name>`
+        evaluates them, e.g. a variant trained alongside).
         """
         raise NotImplementedError
 

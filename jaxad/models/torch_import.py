@@ -7,9 +7,10 @@ the MOOD solution ignores names altogether: it copies the first 32 tensors of th
 position. Both are accepted here. `VGG19Features` stores HWIO kernels, so each weight is transposed
 (2, 3, 1, 0); convolutions are cross-correlations in both frameworks, so nothing is flipped.
 
-Files are read without pickle: `.npz` (e.g. written with `numpy.savez` from the torch state dict,
-one array per entry in state-dict order). The `safetensors` package is not a dependency, so
-`.safetensors` files are not read; `torch.load` is never used.
+Files are read without pickle: `.npz` here (e.g. written with `numpy.savez` from the torch state
+dict, one array per entry in state-dict order); `.safetensors` or `.npz` files of torchvision's
+ImageNet VGG19, by torchvision names only, with `jaxad.models.vgg_weights.load_vgg19_imagenet`.
+`torch.load` is never used.
 """
 
 import os
@@ -38,6 +39,15 @@ def _conv_shapes() -> list[tuple[int, int]]:
         for cout in block:
             shapes.append((cin, cout))
             cin = cout
+    return shapes
+
+
+def torchvision_conv_shapes() -> dict[str, tuple[int, ...]]:
+    """{`features.{i}.weight`: (out, in, 3, 3), `features.{i}.bias`: (out,)} in conv order."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, (cin, cout) in zip(TORCHVISION_CONV_INDICES, _conv_shapes(), strict=True):
+        shapes[f"features.{i}.weight"] = (cout, cin, 3, 3)
+        shapes[f"features.{i}.bias"] = (cout,)
     return shapes
 
 

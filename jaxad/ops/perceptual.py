@@ -15,18 +15,31 @@ computes.
 Unlike the DPA paper, the MOOD version neither standardises the features with ImageNet statistics
 nor, by default, the VGG input (`vgg_input`): external data was not allowed.
 
+MorphAEus's perceptual loss (`vgg_layers_mse`) is different: torchvision's ImageNet VGG19
+(`jaxad.models.vgg_weights`), grey [0, 1] images repeated to three channels with no normalisation,
+and the sum over relu1_1, relu2_1, relu3_1 and relu4_1 (`r11`, `r21`, `r31`, `r41`; torchvision's
+`features` indices 1, 6, 11, 20) of the mean squared feature difference.
+
 NT-Xent (SimCLR, temperature 0.5, cosine similarity): each of the 2N views is classified among the
 2N - 1 others (itself excluded), the positive being its partner; cross-entropies are summed and
 divided by 2N.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
+
+from jaxad.models.vgg import VGG19Features
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# MorphAEus's perceptual layers: relu1_1, relu2_1, relu3_1, relu4_1 (after torchvision's
+# `features` modules 1, 6, 11, 20).
+MORPHAEUS_VGG_LAYERS = ("r11", "r21", "r31", "r41")
 
 # Axes reduced for one denominator: (h, w, c) per sample, (slices, h, w, c) per volume.
 _TRAILING = {"sample": 3, "volume": 4}
@@ -117,3 +130,41 @@ def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float = 0.5) -> jax.Array
     partner = (jnp.arange(n2) + n2 // 2) % n2
     positive = jnp.take_along_axis(logits, partner[:, None], axis=1)[:, 0]
     return (jax.nn.logsumexp(logits, axis=1) - positive).sum() / n2
+
+
+def vgg_layers_mse(
+    vgg_params: Any,
+    x: jax.Array,
+    y: jax.Array,
+    layers: Sequence[str] = MORPHAEUS_VGG_LAYERS,
+    *,
+    dtype: DTypeLike | None = None,
+) -> jax.Array:
+    """MorphAEus's perceptual loss of [B, H, W, 1] (or 3-channel) images in [0, 1] -> scalar.
+
+    sum over `layers` of mean((f(x) - f(y))^2), the mean over batch, positions and channels, with
+    f the `VGG19Features` activations (names as in `jaxad.models.vgg`) of `vgg_params`, e.g. from
+    `jaxad.models.vgg_weights.vgg19_params_or_random`; their width is read from the params. One
+    channel is repeated to three and nothing is normalised, as in MorphAEus. x and y go through
+    the network in one batch, which stops at the deepest requested layer; `dtype` is the
+    network's computation dtype (features are compared in float32).
+
+    Gradients flow to x and y. The VGG is frozen: its params pass through `stop_gradient` here,
+    and the caller keeps them out of the optimised parameters (e.g. in the method's state).
+    """
+    if x.shape != y.shape:
+        raise ValueError(f"x and y differ in shape: {x.shape} and {y.shape}.")
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"expected [B, H, W, 1] or [B, H, W, 3] images, got {x.shape}.")
+    layers = tuple(layers)
+    xy = jnp.concatenate([x, y], axis=0)
+    xy = jnp.broadcast_to(xy, (*xy.shape[:-1], 3))
+    params = jax.lax.stop_gradient(vgg_params)
+    width = params["conv1_1"]["kernel"].shape[-1]
+    features = VGG19Features(dtype=dtype, width=width).apply({"params": params}, xy, layers)
+    n = x.shape[0]
+    total = jnp.zeros((), jnp.float32)
+    for name in layers:
+        f = features[name].astype(jnp.float32)
+        total = total + jnp.mean(jnp.square(f[:n] - f[n:]))
+    return total

@@ -77,6 +77,7 @@ def test_residual_averages_36_lattices_dividing_by_36():
     assert (cover == 0).any()  # some pixels are never erased and score 0, as in the original
 
 
+@pytest.mark.slow  # 60 optimisation steps: a short training run
 def test_train_step_updates_both_networks_and_learns():
     lattice_12_4 = {"l2v.grid": 12, "l2v.patch": 4}  # a 48/16 lattice may miss a 32 px image
     # Without the adversarial term the step is plain L1 fitting, which must make progress.

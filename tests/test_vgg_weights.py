@@ -172,7 +172,12 @@ def test_random_fallback_warns_and_is_deterministic(caplog):
         custom.removeHandler(handler)
     assert len(seen) == 1 and seen[0].levelno == logging.WARNING
     assert_same_params(a, b)
-    assert_same_params(a, jax.device_get(simclr.random_vgg_params(8)))
+    # The same init as SimCLR's fallback (compiled and eager init may differ in the last bit).
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7),
+        a,
+        jax.device_get(simclr.random_vgg_params(8)),
+    )
     c = vgg_weights.vgg19_params_or_random("", seed=1, width=8, log=custom)
     assert not np.array_equal(a["conv1_1"]["kernel"], c["conv1_1"]["kernel"])
     assert float(np.abs(a["conv1_1"]["bias"]).max()) == 0.0  # torchvision: zero biases

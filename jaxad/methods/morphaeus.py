@@ -1,0 +1,263 @@
+"""MorphAEus (Bercea et al., MICCAI 2023): a deformable autoencoder for chest X-rays.
+
+An autoencoder reconstructs a pseudo-healthy prior x̂ of the input x; a deformer reads its
+encoder and decoder features and predicts a velocity field v whose exponential warps the prior
+to the input's anatomy, x̃ = x̂ ∘ exp(v). Normal anatomical variation is absorbed by the warp,
+so the residual |x − x̃| is left with what a healthy chest cannot be deformed into.
+
+Training (the original's MorphTrainer, fact sheet §2.3), per batch:
+
+- L_rec = MSE(x̂, x) + α PL(x̂, x): on the unwarped prior; PL is the VGG19 perceptual loss at
+  relu1_1, 2_1, 3_1, 4_1 on the grey image repeated to 3 channels without ImageNet
+  normalisation (`jaxad.ops.perceptual.vgg_layers_mse`), the VGG19 frozen in the state;
+- after `warmup_epochs` epochs (epoch > 10): + δ [½ (NCC(x, x̃) + NCC(x̂, x ∘ exp(−v)))
+  + β R(v)], the symmetric local NCC (9 x 9) and the gradient-L2 smoothness of the velocity
+  (`jaxad.ops.deform`), β = clip(β_max · epoch / max_iter, 1e-3, β_max) per epoch. Before the
+  warm-up ends the morph terms are multiplied by 0: the deformer gets no gradient and its flow
+  stays near its zero initialisation, as in the original;
+- Adam 5e-4, no schedule; epochs are `steps_per_epoch` steps (0: training images // batch
+  size, counted once and logged), so the schedule is in the original's units.
+
+BatchNorm (`morphaeus.bn_mode`): the original trains with every BN layer in eval mode (its
+trainer switches the model to eval when it copies it for testing and never back), so BN is a
+learned affine over the initial statistics (mean 0, variance 1). 'frozen', the default,
+reproduces that: it is what the published numbers come from and it makes the training step
+independent of the batch composition. 'train' is ordinary BatchNorm (batch statistics in
+training, running averages at test).
+
+Scoring (§2.5): map |x − x̃| at the model's resolution, image score its mean; validation loss
+½ [MSE(x̂, x) + MSE(x̃, x)] per image, with early stopping on it (`config.validation`).
+
+The plain autoencoder ("MorphAEus-woPLM") is the same network without the deformer
+(`morphaeus.deform=False`, α = 0). `morphaeus.train_plain=True` trains one alongside in the
+same run (own parameters and optimiser, the same batches), so that one evaluation compares
+both: its map and score come out of `score` as `plain_map` / `plain_map_score`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxad import writers
+from jaxad.methods.base import Method
+from jaxad.models import vgg_weights
+from jaxad.models.morphaeus import MorphAEus as Network
+from jaxad.ops import conv, deform, perceptual
+
+BN_MODES = ("frozen", "train")
+
+
+def beta_at(epoch: jax.Array, beta_max: float, max_iter: float) -> jax.Array:
+    """The smoothness weight of `epoch`: β_max · epoch / max_iter clipped to [1e-3, β_max]."""
+    return jnp.clip(beta_max * epoch / max_iter, 1e-3, beta_max)
+
+
+def mse(a: jax.Array, b: jax.Array, axes: tuple[int, ...] | None = None) -> jax.Array:
+    return jnp.mean(jnp.square(a - b), axis=axes)
+
+
+class MorphAEus(Method):
+    """The method object the shared loop drives (see `jaxad.methods.base.Method`)."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        cfg = config.morphaeus
+        if cfg.bn_mode not in BN_MODES:
+            raise ValueError(f"config.morphaeus.bn_mode={cfg.bn_mode!r} is not one of {BN_MODES}.")
+        if config.data.channels != 1:
+            raise ValueError(
+                f"MorphAEus reads grey images: set data.channels=1 (got {config.data.channels}); "
+                "RGB files are converted to grey when read."
+            )
+        if tuple(config.data.mean) != (0.0,) or tuple(config.data.std) != (1.0,):
+            raise ValueError(
+                "MorphAEus works on [0, 1] images: set data.mean=(0.0,), data.std=(1.0,)."
+            )
+        self.config, self.cfg = config, cfg
+        fast = conv.resolve_fast_kernel_grad(config.model.fast_conv_grad)
+        self.bn_train = cfg.bn_mode == "train"
+        widths = tuple(int(w) for w in config.model.widths)
+        kw = dict(widths=widths, bn_mode=cfg.bn_mode, fast_conv_grad=fast)
+        self.net = Network(deform=bool(cfg.deform), **kw)
+        self.ae_net = Network(deform=False, **kw)  # the same autoencoder, for the warm-up
+        self.plain = Network(deform=False, **kw) if cfg.train_plain else None
+        opt = config.optim
+        self.tx = optax.adam(opt.learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+        self._steps_per_epoch = int(cfg.steps_per_epoch)
+
+    # --- schedule ----------------------------------------------------------------------------
+    def steps_per_epoch(self) -> int:
+        """`morphaeus.steps_per_epoch`, else training images // batch size (counted once)."""
+        if not self._steps_per_epoch:
+            from jaxad.data import pipeline
+
+            n = pipeline.num_examples(self.config.data, self.config.data.train_split)
+            self._steps_per_epoch = max(n // self.config.batch_size, 1)
+            writers.log_info(
+                "one epoch is %d steps (%d training images // batch %d): the morph terms start "
+                "after epoch %d (step %d)",
+                self._steps_per_epoch,
+                n,
+                self.config.batch_size,
+                self.cfg.warmup_epochs,
+                (self.cfg.warmup_epochs + 1) * self._steps_per_epoch,
+            )
+        return self._steps_per_epoch
+
+    def schedule(self, step: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(epoch, morph on, β) of the update that follows `step` updates."""
+        epoch = step // self.steps_per_epoch()
+        on = (epoch > self.cfg.warmup_epochs).astype(jnp.float32)
+        return epoch, on, beta_at(epoch.astype(jnp.float32), self.cfg.beta, self.cfg.max_iter)
+
+    # --- state -------------------------------------------------------------------------------
+    def _init_net(self, net, key: jax.Array, x: jax.Array) -> dict:
+        variables = net.init(key, x, train=False)
+        return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+    def init(self, key: jax.Array, batch: dict) -> dict:
+        k_net, k_plain = jax.random.split(key)
+        x = jnp.zeros((1, *batch["image"].shape[1:3], 1), jnp.float32)
+        net = self._init_net(self.net, k_net, x)
+        with jax.ensure_compile_time_eval():
+            vgg = vgg_weights.vgg19_params_or_random(
+                self.cfg.vgg_weights, width=int(self.config.model.vgg_width)
+            )
+        state = {
+            "step": jnp.zeros((), jnp.int32),
+            "net": net,
+            "opt": self.tx.init(net["params"]),
+            "vgg": {"params": jax.tree.map(jnp.asarray, vgg)},
+        }
+        if self.plain is not None:
+            plain = self._init_net(self.plain, k_plain, x)
+            state["plain"] = plain
+            state["plain_opt"] = self.tx.init(plain["params"])
+        return state
+
+    def inference_state(self, state: dict) -> dict:
+        return {k: v for k, v in state.items() if not k.endswith("opt")}
+
+    # --- networks ----------------------------------------------------------------------------
+    def _apply(self, net, variables: dict, x: jax.Array, train: bool) -> tuple[dict, dict]:
+        """(outputs, new batch_stats): BN statistics move only in 'train' mode while training."""
+        v = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+        if train and self.bn_train:
+            out, updates = net.apply(v, x, train=True, mutable=["batch_stats"])
+            return out, updates["batch_stats"]
+        return net.apply(v, x, train=train), variables["batch_stats"]
+
+    def perceptual(self, vgg_params, a: jax.Array, b: jax.Array) -> jax.Array:
+        return perceptual.vgg_layers_mse(vgg_params, a, b)
+
+    def losses(self, out: dict, x: jax.Array, vgg_params, alpha: float, step) -> dict:
+        """The original's terms for one network's outputs (`loss` is their weighted sum)."""
+        prior = out["prior"]
+        terms = {"mse": mse(prior, x), "perceptual": jnp.zeros((), jnp.float32)}
+        rec = terms["mse"]
+        if alpha:
+            terms["perceptual"] = self.perceptual(vgg_params, prior, x)
+            rec = rec + alpha * terms["perceptual"]
+        if "warped" not in out:
+            return {**terms, "loss": rec}
+        epoch, on, beta = self.schedule(step)
+        ncc = 0.5 * (
+            deform.local_ncc_loss(x, out["warped"]) + deform.local_ncc_loss(prior, out["reversed"])
+        )
+        smooth = deform.gradient_l2(out["velocity"])
+        morph = ncc + beta * smooth
+        loss = rec + self.cfg.delta * on * morph
+        return {**terms, "ncc": ncc, "smooth": smooth, "beta": beta, "loss": loss}
+
+    # --- training ----------------------------------------------------------------------------
+    def _grads(self, net, variables, x, vgg, alpha, step):
+        """Gradients of the loss of `net` (with all its terms), its terms and new statistics."""
+
+        def loss_fn(params):
+            out, stats = self._apply(net, {**variables, "params": params}, x, train=True)
+            terms = self.losses(out, x, vgg, alpha, step)
+            return terms["loss"], (terms, stats)
+
+        grads, (terms, stats) = jax.grad(loss_fn, has_aux=True)(variables["params"])
+        return grads, terms, stats
+
+    def _warmup_grads(self, variables, x, vgg, alpha, step):
+        """`_grads` during the warm-up: the autoencoder alone, the deformer's gradient zero.
+
+        The same numbers as the full network with the morph terms weighted by 0, without
+        computing the deformation and its backward pass, the most expensive part of a step.
+        """
+        ae = {k: {n: v for n, v in variables[k].items() if n != "deformer"} for k in variables}
+        grads, terms, stats = self._grads(self.ae_net, ae, x, vgg, alpha, step)
+        grads = {**jax.tree.map(jnp.zeros_like, variables["params"]), **grads}
+        stats = {**variables["batch_stats"], **stats}
+        zero = jnp.zeros((), jnp.float32)
+        beta = self.schedule(step)[2]
+        return grads, {**terms, "ncc": zero, "smooth": zero, "beta": beta}, stats
+
+    def _update(self, net, variables, opt, x, vgg, alpha, step):
+        if net is self.net and self.cfg.deform:
+            on = self.schedule(step)[1] > 0
+            grads, terms, stats = jax.lax.cond(
+                on,
+                lambda: self._grads(net, variables, x, vgg, alpha, step),
+                lambda: self._warmup_grads(variables, x, vgg, alpha, step),
+            )
+            terms["morph_on"] = on.astype(jnp.float32)
+        else:
+            grads, terms, stats = self._grads(net, variables, x, vgg, alpha, step)
+        updates, opt = self.tx.update(grads, opt, variables["params"])
+        params = optax.apply_updates(variables["params"], updates)
+        return {"params": params, "batch_stats": stats}, opt, terms
+
+    def train_step(self, state: dict, batch: dict, key: jax.Array) -> tuple[dict, dict]:
+        del key  # deterministic: no augmentation, no dropout
+        x, step, vgg = batch["image"], state["step"], state["vgg"]["params"]
+        net, opt, metrics = self._update(
+            self.net, state["net"], state["opt"], x, vgg, self.cfg.alpha, step
+        )
+        new = {**state, "step": step + 1, "net": net, "opt": opt}
+        if self.plain is not None:
+            plain, plain_opt, plain_terms = self._update(
+                self.plain, state["plain"], state["plain_opt"], x, vgg, self.cfg.plain_alpha, step
+            )
+            new.update(plain=plain, plain_opt=plain_opt)
+            metrics = {**metrics, "plain_loss": plain_terms["loss"]}
+        metrics["epoch"] = self.schedule(step)[0]
+        return new, metrics
+
+    # --- validation and scoring --------------------------------------------------------------
+    def _reconstruct(self, state: dict, x: jax.Array) -> dict:
+        out, _ = self._apply(self.net, state["net"], x, train=False)
+        return out
+
+    def eval_loss(self, state: dict, batch: dict, key: jax.Array) -> jax.Array:
+        """[B] ½ [MSE(x̂, x) + MSE(x̃, x)] per image (the original's validation loss)."""
+        del key
+        x = batch["image"]
+        out = self._reconstruct(state, x)
+        warped = out.get("warped", out["prior"])
+        loss = 0.5 * (mse(out["prior"], x, (1, 2, 3)) + mse(warped, x, (1, 2, 3)))
+        return jnp.where(batch["valid"], loss, 0.0) if "valid" in batch else loss
+
+    def score(self, state: dict, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
+        """`map` |x − x̃| [B, H, W] and its mean `score`; also the prior and the warp."""
+        del key
+        x = batch["image"]
+        out = self._reconstruct(state, x)
+        warped = out.get("warped", out["prior"])
+        amap = jnp.abs(x - warped)[..., 0]
+        result = {"map": amap, "score": amap.mean(axis=(1, 2))}
+        if self.plain is not None:
+            plain, _ = self._apply(self.plain, state["plain"], x, train=False)
+            plain_map = jnp.abs(x - plain["prior"])[..., 0]
+            result.update(plain_map=plain_map, plain_map_score=plain_map.mean(axis=(1, 2)))
+        return result
+
+
+def create(config: ml_collections.ConfigDict) -> Any:
+    return MorphAEus(config)

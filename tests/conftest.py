@@ -70,3 +70,12 @@ def tiny_config(root: os.PathLike, **overrides):
             target = target[p]
         target[leaf] = value
     return c
+
+
+def pytest_configure(config):
+    """The fast tier (`-m "not slow"`) compiles with most XLA optimisations off, as the flax
+    examples' tests do: its tests check behaviour on tiny inputs, where compiling dominates (a
+    cold run takes a third less time). The end-to-end tier keeps XLA's optimisations, so the
+    demos run as users run them. Subprocesses inherit the setting."""
+    if config.option.markexpr.replace(" ", "") == "notslow":
+        os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")

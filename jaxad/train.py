@@ -121,6 +121,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ckpt.close()
         return evals.run(config, workdir, method, state, mesh, step=meta["step"])
 
+    preemption = _Preemption(ckpt)  # Before anything slow: a SIGTERM from now on is honoured.
     save_config(config, workdir)
     train_it = pipeline.train_iterator(
         config.data, config.data.train_split, local_batch_size=local_bs, seed=config.seed
@@ -144,7 +145,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = writers.MetricWriter(workdir)
     train_step = make_train_step(method, config, mesh)
     progress = writers.Progress(num_steps, first_step)
-    preemption = _Preemption(ckpt)
     step = first_step
     early_stop = False
     for step in range(first_step + 1, num_steps + 1):

@@ -175,7 +175,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(fundus_root, tmp_path):
         text=True,
     )
     deadline = time.time() + 240
-    while time.time() < deadline and not (tmp_path / "metrics.jsonl").exists():
+    metrics = tmp_path / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)

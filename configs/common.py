@@ -84,8 +84,9 @@ def data_config() -> ml_collections.ConfigDict:
     """Every key `jaxad.data` reads (sources, pipeline, transforms), with its default."""
     d = ml_collections.ConfigDict()
     # Where the data comes from: a tfds builder's name ('eyeq', 'mood', ...: reads tfds_name),
-    # 'folder' (an MVTec-layout folder at root), 'nifti_folder' (NIfTI volumes under root) or
-    # 'demo' (generated locally: `demo` is 'fundus', 'phantom', 'brain' or 'cxr').
+    # 'folder' (an MVTec-layout folder at root), 'graded_folder' (<root>/<split>/<grade>/
+    # images, grades 0-4), 'nifti_folder' (NIfTI volumes under root) or 'demo' (generated
+    # locally: `demo` is 'fundus', 'phantom', 'brain', 'cxr' or 'dr', graded fundus photos).
     d.name = "folder"
     d.tfds_name = ""  # 'NAME/CONFIG'; several comma-separated are read as one dataset
     d.data_dir = ""  # tfds default: $TFDS_DATA_DIR or ~/tensorflow_datasets.
@@ -94,6 +95,10 @@ def data_config() -> ml_collections.ConfigDict:
     d.train_split = "train"
     d.val_split = "validation"
     d.test_split = "test"
+    # Low-label training: keep this fraction (in (0, 1]) of train_split's records per grade,
+    # drawn with label_fraction_seed (jaxad.data.splits.stratified_fraction); graded data only.
+    d.label_fraction = 1.0
+    d.label_fraction_seed = 0
     # Folder data: the validation hold-out of train/good when there is no val/good, and the
     # field of view ('ones', 'eyeq': EyeQ's fitted circle per image, 'circle').
     d.val_fraction = 0.1
@@ -177,3 +182,10 @@ def zscore_eval(
             max_train_images=max_train_images,
         )
     )
+
+
+def panels_eval(
+    *, num: int = 0, prefix: str = "panels/", split: str = ""
+) -> ml_collections.ConfigDict:
+    """Report pictures from the method's `panels` hook, of `num` images (0: eval.num_overlays)."""
+    return ml_collections.ConfigDict(dict(type="panels", prefix=prefix, split=split, num=num))

@@ -108,6 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evals.model = common.anomaly_map_eval(split="test+test_opacity")
     c.evals.covid = common.anomaly_map_eval(split="test+test_covid", prefix="covid/")
     c.evals.baseline = common.mean_image_eval(split="test+test_opacity")
+    c.evals.panels = common.panels_eval(split="test+test_opacity")  # input, prior, warp, residual
 
     if variant == "plain":
         c.morphaeus.deform = False
@@ -118,6 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval.pixel_metrics = True  # opacity boxes
         c.evals.model.split = ""
         c.evals.baseline.split = ""
+        c.evals.panels.split = ""
         del c.evals["covid"]
     if variant == "demo":
         # Procedural chest X-rays (jaxad.data.cxr_phantom, 128 px, made on first use), with
@@ -131,6 +133,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval.pixel_metrics = True  # the demo has opacity masks
         c.evals.model.split = ""
         c.evals.baseline.split = ""
+        c.evals.panels.split = ""
         del c.evals["covid"]
         c.evals.plain = common.anomaly_map_eval(prefix="plain/", output="plain_map")
         # - 64 px images and one level fewer (6 stride-2 levels to the 1 x 1 bottleneck: the

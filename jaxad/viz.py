@@ -12,10 +12,10 @@ from typing import Any
 
 import matplotlib
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
-__all__ = ["overlay", "save_png", "side_by_side"]
+__all__ = ["labelled_row", "outline", "overlay", "save_png", "side_by_side"]
 
 _OUTLINE_RGB = (0, 255, 0)
 _GAP_RGB = (255, 255, 255)
@@ -94,6 +94,13 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3), dtype=bool))
 
 
+def outline(image: Any, mask: Any) -> np.ndarray:
+    """The image (RGB uint8) with the one-pixel outline of `mask` (> 0.5) drawn in green."""
+    rgb = _as_rgb_uint8(image).copy()
+    rgb[_outline(_as_map(mask, rgb.shape[:2]) > 0.5)] = _OUTLINE_RGB
+    return rgb
+
+
 def side_by_side(
     image: Any,
     anomaly_map: Any,
@@ -123,16 +130,42 @@ def side_by_side(
     rgb = _as_rgb_uint8(image)
     panels = [rgb, overlay(rgb, anomaly_map, alpha=alpha, vmin=vmin, vmax=vmax, cmap=cmap)]
     if mask is not None:
-        truth = _as_map(mask, rgb.shape[:2]) > 0.5
-        outlined = rgb.copy()
-        outlined[_outline(truth)] = _OUTLINE_RGB
-        panels.append(outlined)
+        panels.append(outline(rgb, mask))
     separator = np.empty((rgb.shape[0], gap, 3), np.uint8)
     separator[...] = _GAP_RGB
     pieces = [panels[0]]
     for panel in panels[1:]:
         pieces += [separator, panel]
     return np.concatenate(pieces, axis=1)
+
+
+def labelled_row(
+    pictures: list[tuple[str, Any]], *, min_side: int = 128, gap: int = 2
+) -> np.ndarray:
+    """Pictures side by side, each under its title: one row of a report.
+
+    Pictures are [H, W] or [H, W, 1|3] (uint8, or float in [0, 1]) of one size; small ones are
+    enlarged by an integer factor (nearest neighbour, so pixels stay visible) until their
+    shorter side is at least `min_side`, which leaves room for the titles.
+
+    Returns uint8 [title + H', n W' + (n - 1) gap, 3].
+    """
+    rgbs = [_as_rgb_uint8(p) for _, p in pictures]
+    if len({r.shape for r in rgbs}) != 1:
+        raise ValueError(f"pictures of different shapes: {[r.shape for r in rgbs]}")
+    h, w = rgbs[0].shape[:2]
+    factor = max(1, -(-min_side // min(h, w)))
+    rgbs = [np.repeat(np.repeat(r, factor, axis=0), factor, axis=1) for r in rgbs]
+    title_h = 14
+    row = np.empty((title_h + h * factor, len(rgbs) * (w * factor + gap) - gap, 3), np.uint8)
+    row[...] = _GAP_RGB
+    canvas = Image.fromarray(row)
+    draw = ImageDraw.Draw(canvas)
+    for i, ((title, _), rgb) in enumerate(zip(pictures, rgbs, strict=True)):
+        x = i * (w * factor + gap)
+        canvas.paste(Image.fromarray(rgb), (x, title_h))
+        draw.text((x + 2, 1), title, fill=(0, 0, 0))
+    return np.asarray(canvas)
 
 
 def save_png(path: str | os.PathLike[str], array: Any) -> Path:

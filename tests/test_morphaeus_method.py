@@ -128,3 +128,37 @@ def test_configs_and_bad_inputs():
             )
         )
         method.init(jax.random.key(0), _batch())
+
+
+def test_panels_picture_the_warp_and_the_evaluator_writes_one_row_per_image(tmp_path):
+    from jaxad import evals
+    from jaxad.evals import panels
+
+    method = methods.create(_config(**{"morphaeus.train_plain": True}))
+    batch = _batch()
+    state = method.init(jax.random.key(0), batch)
+    out = jax.jit(method.panels)(state, batch, jax.random.key(0))
+    assert sorted(out) == [
+        "1 prior",
+        "2 warped prior",
+        "3 deformation",
+        "4 residual_map",
+        "5 plain AE residual_map",
+    ]
+    # The flow starts at about 0, so the warped grid is the grid itself.
+    np.testing.assert_allclose(
+        out["3 deformation"], morphaeus.grid_lines((2, 16, 16))[..., 0], atol=1e-3
+    )
+    picture = panels.row(
+        {k: np.asarray(v[0]) for k, v in out.items()},
+        np.zeros((16, 16, 1), np.uint8),
+        np.ones((16, 16), np.float32),
+    )
+    assert picture.dtype == np.uint8 and picture.shape == (14 + 128, 7 * 128 + 6 * 2, 3)
+
+    config = _config()
+    evals.check(config, method)  # the paper config lists a panels evaluator
+    assert config.evals.panels.type == "panels"
+    result = evals.core.Result({}, [], [dict(id="a/b.png", label=1, panel=picture)])
+    evals.core.write_reports(str(tmp_path), {"step": 0}, [("panels/", result)])
+    assert (tmp_path / "overlays" / "panels" / "a_b_label1.png").is_file()

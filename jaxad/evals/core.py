@@ -366,7 +366,9 @@ def write_reports(out_dir: str, results: dict, tables: list[tuple[str, Result]])
         os.makedirs(d, exist_ok=True)
         for it in result.overlays:
             stem = os.path.splitext(it["id"])[0].replace("/", "_").replace(os.sep, "_")
-            panel = viz.side_by_side(it["image"], it["map"], it["mask"])
+            panel = it.get("panel")
+            if panel is None:
+                panel = viz.side_by_side(it["image"], it["map"], it["mask"])
             viz.save_png(os.path.join(d, f"{stem}_label{it['label']}.png"), panel)
 
 

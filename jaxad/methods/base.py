@@ -63,6 +63,16 @@ class Method:
         """
         raise NotImplementedError
 
+    def panels(self, state: State, batch: Batch, key: jax.Array) -> dict[str, jax.Array]:
+        """Named pictures of what the method did to each image of a batch; pure and jittable.
+
+        For the `panels` evaluator's report PNGs (one row of pictures per image): `[B, H, W]` or
+        `[B, H, W, 3]` arrays in [0, 1] shown as images, in the order of their names (jit sorts
+        dict keys; a leading number and space, "2 warped", orders them and is not shown); a
+        name ending in `_map` is an anomaly map, drawn as a heatmap over `batch["image"]`.
+        """
+        raise NotImplementedError
+
     # --- validation (config.validation) ------------------------------------------------------
     def eval_loss(self, state: State, batch: Batch, key: jax.Array) -> jax.Array:
         """Per-example validation loss [B]; pure and jittable.

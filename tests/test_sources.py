@@ -357,8 +357,8 @@ def test_get_source_looks_kinds_up_in_tables(tmp_path, monkeypatch):
     """`SOURCES` by data.name (anything else: tfds) and `DEMOS` by data.demo, lazily imported."""
     from jaxad.data import brain_phantom, nifti, phantom
 
-    assert set(sources.SOURCES) == {"folder", "nifti_folder", "demo"}
-    assert list(sources.DEMOS) == ["fundus", "phantom", "brain", "cxr"]
+    assert set(sources.SOURCES) == {"folder", "graded_folder", "nifti_folder", "demo"}
+    assert list(sources.DEMOS) == ["fundus", "phantom", "brain", "cxr", "dr"]
     monkeypatch.setattr(phantom, "ensure_phantom_demo", lambda root: make_mvtec(tmp_path / "p"))
     src = sources.get_source(_cfg(name="demo", demo="phantom", channels=1), "test")
     assert isinstance(src, sources.FolderSource) and src.root == tmp_path / "p"
@@ -368,7 +368,7 @@ def test_get_source_looks_kinds_up_in_tables(tmp_path, monkeypatch):
     cfg = _cfg(name="demo", demo="brain")
     assert sources.get_source(cfg, "train") == (str(tmp_path / "b" / "train"), "train")
     assert cfg.root == ""  # The caller's config is left alone.
-    kinds = r"'fundus', 'phantom', 'brain' or 'cxr'"
+    kinds = r"'fundus', 'phantom', 'brain', 'cxr' or 'dr'"
     with pytest.raises(ValueError, match=r"data.demo='mri': use " + kinds):
         sources.get_source(_cfg(name="demo", demo="mri"), "train")
     # A new kind is one entry.

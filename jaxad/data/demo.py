@@ -23,7 +23,7 @@ import pathlib
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -343,7 +343,45 @@ def _exudates(
         np.maximum(alpha_total[ys, xs], alpha, out=alpha_total[ys, xs])
 
 
-_DRAW = {"microaneurysm": _microaneurysms, "haemorrhage": _haemorrhages, "exudate": _exudates}
+# A lesion drawer: draw(rng, normal, img, alpha_total, count) paints `count` lesions (None: its
+# own random number) into the float image `img` (H, W, 3) in place and raises `alpha_total`
+# (H, W) to each lesion's blend alpha.
+Drawer = Callable[[np.random.Generator, NormalFundus, np.ndarray, np.ndarray, int | None], None]
+
+# The lesion types of this module by name (other generators, e.g. `jaxad.data.dr_demo`, add
+# their own drawers of the same signature).
+DRAWERS: dict[str, Drawer] = {
+    "microaneurysm": _microaneurysms,
+    "haemorrhage": _haemorrhages,
+    "exudate": _exudates,
+}
+_DRAW = DRAWERS
+
+
+def draw_lesions(
+    normal: NormalFundus,
+    counts: Mapping[str, int | None],
+    rng: np.random.Generator,
+    *,
+    drawers: Mapping[str, Drawer] = DRAWERS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draws `counts[kind]` lesions of each kind (None: the drawer's own random number), in the
+    order of `counts`, with `drawers[kind]`, into a normal image.
+
+    Returns the lesioned uint8 image and its bool mask, the union of all lesions (blend alpha
+    >= MASK_THRESHOLD, inside the field of view). Pixels the lesions do not touch keep exactly
+    their normal values, so the mask is the whole change.
+    """
+    unknown = [kind for kind in counts if kind not in drawers]
+    if unknown:
+        raise ValueError(f"unknown lesion type {unknown[0]!r}, expected one of {list(drawers)}")
+    img = normal.image.astype(np.float32)
+    alpha = np.zeros(img.shape[:2], np.float32)
+    for kind, count in counts.items():
+        drawers[kind](rng, normal, img, alpha, count)
+    alpha *= normal.fov
+    out = np.where(alpha[..., None] > 0, np.clip(np.rint(img), 0, 255), normal.image)
+    return out.astype(np.uint8), alpha >= MASK_THRESHOLD
 
 
 def add_lesions(
@@ -361,13 +399,7 @@ def add_lesions(
         kinds, counts = [lesion_type], {}
     else:
         raise ValueError(f"unknown lesion type {lesion_type!r}, expected one of {LESION_TYPES}")
-    img = normal.image.astype(np.float32)
-    alpha = np.zeros(img.shape[:2], np.float32)
-    for kind in kinds:
-        _DRAW[kind](rng, normal, img, alpha, counts.get(kind))
-    alpha *= normal.fov
-    out = np.where(alpha[..., None] > 0, np.clip(np.rint(img), 0, 255), normal.image)
-    return out.astype(np.uint8), alpha >= MASK_THRESHOLD
+    return draw_lesions(normal, {kind: counts.get(kind) for kind in kinds}, rng)
 
 
 # ---------------------------------------------------------------------------------------------

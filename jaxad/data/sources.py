@@ -3,9 +3,14 @@
 Every source yields jaxad's common record (`jaxad.data.records`). The kinds:
 
 - ``"folder"``: `FolderSource` over an MVTec-layout folder at ``data.root`` (`jaxad.data.folder`).
+- ``"graded_folder"``: `GradedFolderSource` over ``<data.root>/<split>/<grade>/`` folders
+  (`jaxad.data.graded_folder`), e.g. EyePACS for DR grading.
 - ``"nifti_folder"``: slices of the NIfTI volumes under ``data.root`` (`jaxad.data.nifti`).
 - ``"demo"``: a demo generated locally once, by ``data.demo`` (`DEMOS`).
 - any other name: a prepared tfds dataset, `TfdsSource` (`jaxad.data.tfds_source`).
+
+The training split (``data.train_split``) of any of them can be cut to a labelled fraction,
+``data.label_fraction``, per grade (`SubsetSource`, `jaxad.data.splits.stratified_fraction`).
 
 `SOURCES` maps the names to factories, each of which imports what only its kind needs (nibabel,
 the demo generators, tensorflow_datasets) when it is called, so that reading a folder never
@@ -21,6 +26,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+from absl import logging
+
+from jaxad.data import splits
 from jaxad.data.folder import (
     FOLDER_LAYOUT,
     HOLDOUT_SEED,
@@ -31,6 +40,7 @@ from jaxad.data.folder import (
     read_mask,
 )
 from jaxad.data.fov import FOV_KINDS, check_fov_kind, field_of_view
+from jaxad.data.graded_folder import GradedFolderSource
 from jaxad.data.records import ConcatSource, ImageReadError, Source
 from jaxad.data.tfds_source import (
     DatasetNotPreparedError,
@@ -49,9 +59,11 @@ __all__ = [
     "ConcatSource",
     "DatasetNotPreparedError",
     "FolderSource",
+    "GradedFolderSource",
     "ImageListSource",
     "ImageReadError",
     "Source",
+    "SubsetSource",
     "TfdsSource",
     "check_fov_kind",
     "default_tfds_data_dir",
@@ -84,6 +96,21 @@ def _folder(data_cfg, split: str) -> FolderSource:
     return _folder_source(data_cfg.root, data_cfg, split)
 
 
+def _graded_folder_source(root: Any, data_cfg, split: str) -> GradedFolderSource:
+    return GradedFolderSource(root, split, channels=data_cfg.channels, fov=data_cfg.fov)
+
+
+def _graded_folder(data_cfg, split: str) -> GradedFolderSource:
+    """``"graded_folder"``: `GradedFolderSource` over ``data.root`` with ``data.channels`` and
+    ``fov``."""
+    if not data_cfg.root:
+        raise ValueError(
+            "data.name='graded_folder' needs data.root, the path of a folder holding "
+            "<split>/<grade>/ image folders"
+        )
+    return _graded_folder_source(data_cfg.root, data_cfg, split)
+
+
 def _nifti_folder(data_cfg, split: str) -> Source:
     """``"nifti_folder"``: `jaxad.data.nifti.NiftiFolderSource`, slices along ``data.axis`` of
     the NIfTI volumes under ``data.root`` (see `jaxad.data.nifti.source_from_config`)."""
@@ -113,6 +140,13 @@ def _cxr_demo(data_cfg, split: str) -> FolderSource:
     return _folder_source(cxr_phantom.ensure_cxr_demo(data_cfg.root or None), data_cfg, split)
 
 
+def _dr_demo(data_cfg, split: str) -> GradedFolderSource:
+    """Fundus photos with DR grades 0-4 (`jaxad.data.dr_demo`), read as ``"graded_folder"``."""
+    from jaxad.data import dr_demo
+
+    return _graded_folder_source(dr_demo.ensure_dr_demo(data_cfg.root or None), data_cfg, split)
+
+
 def _brain_demo(data_cfg, split: str) -> Source:
     """Procedural brain MRI volumes (`jaxad.data.brain_phantom`): the normal training population
     under ``train/``, read as ``"nifti_folder"``."""
@@ -132,6 +166,7 @@ DEMOS: dict[str, Factory] = {
     "phantom": _phantom_demo,
     "brain": _brain_demo,
     "cxr": _cxr_demo,
+    "dr": _dr_demo,
 }
 
 
@@ -156,7 +191,12 @@ def _tfds(data_cfg, split: str) -> Source:
 
 
 # ``data.name`` -> factory; a name not listed is a tfds dataset (`_tfds`).
-SOURCES: dict[str, Factory] = {"folder": _folder, "nifti_folder": _nifti_folder, "demo": _demo}
+SOURCES: dict[str, Factory] = {
+    "folder": _folder,
+    "graded_folder": _graded_folder,
+    "nifti_folder": _nifti_folder,
+    "demo": _demo,
+}
 
 
 def get_source(data_cfg, split: str) -> Source:
@@ -165,9 +205,99 @@ def get_source(data_cfg, split: str) -> Source:
 
     ``"a+b"`` reads splits ``a`` and ``b`` as one source, in that order (e.g. the normal test
     images with one anomalous set: ``"test+test_opacity"``).
+
+    The training split, ``split == data_cfg.train_split``, keeps only a labelled fraction when
+    ``data_cfg.label_fraction`` < 1 (`apply_label_fraction`); every other split is whole.
     """
     make = SOURCES.get(data_cfg.name, _tfds)
     parts = [p.strip() for p in split.split("+") if p.strip()]
     if len(parts) > 1:
-        return ConcatSource([make(data_cfg, p) for p in parts])
-    return make(data_cfg, split)
+        src = ConcatSource([make(data_cfg, p) for p in parts])
+    else:
+        src = make(data_cfg, split)
+    if split == getattr(data_cfg, "train_split", "train"):
+        src = apply_label_fraction(src, data_cfg, split)
+    return src
+
+
+# ---------------------------------------------------------------------------------------------
+# Label fractions
+# ---------------------------------------------------------------------------------------------
+
+
+class SubsetSource:
+    """The records ``indices`` of a source, in that order (e.g. a labelled fraction)."""
+
+    def __init__(self, source: Source, indices: Any):
+        self.source = source
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.source[int(self.indices[index])]
+
+    @property
+    def grades(self) -> np.ndarray:
+        """Grades of the kept records (int32), in record order."""
+        return source_grades(self.source)[self.indices]
+
+    def __repr__(self) -> str:
+        return f"SubsetSource({self.source!r}, len={len(self)})"
+
+
+def source_grades(src: Source) -> np.ndarray:
+    """The grade of every record of `src` (int32, -1 for none), in record order.
+
+    From the source's ``grades`` when it has them (`GradedFolderSource`, `SubsetSource`); -1 for
+    the sources that carry no grades (`FolderSource`, `ImageListSource`); the parts' grades for a
+    `ConcatSource`; otherwise read record by record (a tfds dataset: this decodes every image).
+    """
+    if hasattr(src, "grades"):
+        return np.asarray(src.grades, dtype=np.int32)
+    if isinstance(src, FolderSource | ImageListSource):
+        return np.full(len(src), -1, np.int32)
+    if isinstance(src, ConcatSource):
+        return np.concatenate([source_grades(p) for p in src.parts])
+    logging.info("reading the %d records of %r for their grades", len(src), src)
+    return np.array([int(src[i]["grade"]) for i in range(len(src))], dtype=np.int32)
+
+
+def apply_label_fraction(src: Source, data_cfg, split: str) -> Source:
+    """``src`` cut to ``data_cfg.label_fraction`` of its records per grade, or ``src`` when the
+    fraction is 1 (or unset).
+
+    The kept records are `splits.stratified_fraction(grades, fraction, seed)` with seed
+    ``data_cfg.label_fraction_seed`` (default 0): per grade, ``round(fraction * n_grade)`` and
+    at least one, the same ones on every run and machine with the same numpy. The count kept is
+    logged. A source without grades (all -1) is an error: a fraction of it would not be a
+    fraction of labels.
+    """
+    fraction = float(getattr(data_cfg, "label_fraction", 1.0))
+    if fraction == 1.0:
+        return src
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"data.label_fraction must be in (0, 1], got {fraction}")
+    grades = source_grades(src)
+    if len(grades) and (grades < 0).all():
+        raise ValueError(
+            f"data.label_fraction={fraction} needs graded training data, but split {split!r} of "
+            f"data.name={data_cfg.name!r} has no grades"
+        )
+    seed = int(getattr(data_cfg, "label_fraction_seed", 0))
+    keep = splits.stratified_fraction(grades, fraction, seed)
+    values, kept = np.unique(grades[keep], return_counts=True)
+    per_grade = ", ".join(f"grade {v}: {k}" for v, k in zip(values, kept, strict=True))
+    logging.info(
+        "data.label_fraction=%g (seed %d) keeps %d of the %d records of split %r (%s)",
+        fraction,
+        seed,
+        len(keep),
+        len(grades),
+        split,
+        per_grade,
+    )
+    return SubsetSource(src, keep)

@@ -189,3 +189,17 @@ def panels_eval(
 ) -> ml_collections.ConfigDict:
     """Report pictures from the method's `panels` hook, of `num` images (0: eval.num_overlays)."""
     return ml_collections.ConfigDict(dict(type="panels", prefix=prefix, split=split, num=num))
+
+
+def grading_eval(
+    *,
+    prefix: str = "",
+    split: str = "",
+    output: str = "grade_pred",
+    thresholds: tuple[float, ...] = (-0.5, 0.5, 1.5, 2.5, 3.5),
+) -> ml_collections.ConfigDict:
+    """Grading by regression (`jaxad/evals/grading.py`): quadratic weighted kappa, accuracy,
+    confusion matrix, per-grade recall; `output` names the [B] regression output of `score`."""
+    return ml_collections.ConfigDict(
+        dict(type="grading", prefix=prefix, split=split, output=output, thresholds=thresholds)
+    )

@@ -97,5 +97,5 @@ def scalars(results: dict[str, Any]) -> dict[str, float]:
 
 
 def _summary(results: dict) -> str:
-    keys = [k for k in results if k.endswith(("image_auroc", "pixel_auroc"))]
+    keys = [k for k in results if k.endswith(("image_auroc", "pixel_auroc", "kappa"))]
     return ", ".join(f"{k} {results[k]:.4f}" for k in keys)

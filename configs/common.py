@@ -99,6 +99,16 @@ def data_config() -> ml_collections.ConfigDict:
     # drawn with label_fraction_seed (jaxad.data.splits.stratified_fraction); graded data only.
     d.label_fraction = 1.0
     d.label_fraction_seed = 0
+    # Lesion boxes (jaxad.data.lesion_boxes): '' none, a box file (JSON/CSV, ids = record ids)
+    # or 'candidates' (jaxad.lesions.candidates, cached); rescaled to image_size, kept with
+    # side <= box_max_side, score > box_threshold, > box_margin px inside (LCL's filter; the
+    # original's swapped width/height with box_swap_wh); at most max_boxes per image.
+    d.boxes = ""
+    d.box_threshold = 0.8
+    d.box_max_side = 128.0
+    d.box_margin = 5.0
+    d.box_swap_wh = False
+    d.max_boxes = 32
     # Folder data: the validation hold-out of train/good when there is no val/good, and the
     # field of view ('ones', 'eyeq': EyeQ's fitted circle per image, 'circle').
     d.val_fraction = 0.1

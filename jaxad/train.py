@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from clu import parameter_overview
+from jax.experimental import multihost_utils
 
 from jaxad import checkpoint, evals, methods, parallel, writers
 from jaxad.data import pipeline
@@ -153,7 +154,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if validation.due(step):
             scalars, early_stop = validation.run(state, step)
             writer.write_scalars(step, scalars)
-            writers.log_info("step %d: validation loss %.6g", step, scalars["val/loss"])
+            writers.log_info(
+                "step %d: validation %s",
+                step,
+                ", ".join(f"{k[4:]} {v:.6g}" for k, v in scalars.items() if k != "val/best_loss"),
+            )
         last = step == num_steps or early_stop
         stop = preemption.reached(step)
         save = last or stop or ckpt.should_save(step)
@@ -214,7 +219,9 @@ class _Validation:
 
     def __init__(self, config, workdir: str, method, mesh, meta: dict | None = None):
         cfg = config.validation
-        self.every = int(cfg.every) if methods.provides(method, "eval_loss") else 0
+        self.by_summary = methods.provides(method, "validation_outputs")
+        validates = self.by_summary or methods.provides(method, "eval_loss")
+        self.every = int(cfg.every) if validates else 0
         self.patience = int(cfg.patience)
         self.min_delta = float(cfg.min_delta)
         self.config, self.method, self.mesh = config, method, mesh
@@ -227,7 +234,9 @@ class _Validation:
             self._ckpt = checkpoint.Checkpointer(
                 workdir, every_steps=0, keep=1, async_save=False, name="best"
             )
-            self._loss_fn = jax.jit(method.eval_loss)
+            self._loss_fn = jax.jit(
+                method.validation_outputs if self.by_summary else method.eval_loss
+            )
 
     def due(self, step: int) -> bool:
         return bool(self.every) and step % self.every == 0
@@ -245,19 +254,33 @@ class _Validation:
             self.config.data.val_split,
             local_batch_size=local_bs,
         )
+        rows: dict[str, list] = {}
         for i, local in enumerate(batches):
             batch = parallel.global_batch(self.mesh, local)
-            losses = self._loss_fn(state, batch, jax.random.fold_in(key, i))
+            out = self._loss_fn(state, batch, jax.random.fold_in(key, i))
+            if self.by_summary:
+                valid = np.asarray(multihost_utils.process_allgather(batch["valid"], tiled=True))
+                for k, v in out.items():
+                    v = np.asarray(multihost_utils.process_allgather(v, tiled=True))
+                    rows.setdefault(k, []).append(v[valid])
+                continue
             valid = batch["valid"].astype(jnp.float32)
-            total += float(jnp.sum(losses * valid))
+            total += float(jnp.sum(out * valid))
             count += float(jnp.sum(valid))
-        loss = total / max(count, 1.0)
+        if self.by_summary:
+            summary = self.method.validation_summary(
+                {k: np.concatenate(v) for k, v in rows.items()}
+            )
+            loss = float(summary["loss"])
+            extra = {f"val/{k}": float(v) for k, v in summary.items() if k != "loss"}
+        else:
+            loss, extra = total / max(count, 1.0), {}
         self.last_step = step
         if loss < self.best - self.min_delta:
             self.best, self.best_step = loss, step
             self._ckpt.save(step, state, None, {"step": step, "val_loss": loss})
         stop = bool(self.patience) and (step - self.best_step) / self.every > self.patience
-        return {"val/loss": loss, "val/best_loss": self.best}, stop
+        return {"val/loss": loss, "val/best_loss": self.best, **extra}, stop
 
     def best_state(self, state):
         """The best validated state (restored onto `state`'s shardings), or `state`."""

@@ -126,7 +126,13 @@ def _train_example(
         "mask": rec["mask"].astype(np.float32),
         "label": np.int32(rec["label"]),
         "grade": np.int32(rec["grade"]),
+        **_boxes_of(rec),
     }
+
+
+def _boxes_of(rec: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Lesion boxes (`jaxad.data.lesion_boxes`), already in the resized image's pixels."""
+    return {k: rec[k] for k in ("boxes", "num_boxes") if k in rec}
 
 
 def _eval_example(
@@ -148,6 +154,7 @@ def _eval_example(
         "has_mask": np.bool_(rec["has_mask"]),
         "id": str(rec["id"]),
         "valid": np.bool_(True),
+        **_boxes_of(rec),
     }
 
 
@@ -179,7 +186,8 @@ def train_iterator(
     Each batch is a dict of numpy arrays: ``image`` float32 [B, S, S, C] (normalised), ``fov``
     float32 [B, S, S] in [0, 1], ``mask`` float32 [B, S, S], ``label`` int32 [B] and ``grade``
     int32 [B], with B = ``local_batch_size`` and S = ``data_cfg.image_size`` (or
-    ``data_cfg.crop_size`` when set).
+    ``data_cfg.crop_size`` when set); with ``data_cfg.boxes``, also ``boxes`` float32
+    [B, K, 4] and ``num_boxes`` int32 [B] (`jaxad.data.lesion_boxes`).
 
     The order and the augmentation depend only on ``seed``, the process index and count, and the
     data: two iterators built alike yield the same batches. The iterator supports ``get_state()``
@@ -208,6 +216,11 @@ def train_iterator(
         )
     # One seed per process, so that processes do not repeat each other's flips.
     local_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+    if getattr(data_cfg, "boxes", "") and (data_cfg.hflip or data_cfg.vflip or data_cfg.crop_size):
+        raise ValueError(
+            "data.boxes with data.hflip, data.vflip or data.crop_size: the boxes would not follow "
+            "the image; flip on device after the patches are cut (lesion-based CL does)."
+        )
     fn = functools.partial(
         _train_example,
         **opts,
@@ -286,6 +299,8 @@ def source_batches(
     ds = ds.map(functools.partial(_eval_example, **opts))
     ds = _with_workers(ds.to_iter_dataset(_read_options(data_cfg)), data_cfg)
     pad = _padding_example(size=opts["size"], channels=opts["channels"])
+    if getattr(data_cfg, "boxes", ""):
+        pad.update(boxes=np.zeros((int(data_cfg.max_boxes), 4), np.float32), num_boxes=np.int32(0))
     return _padded_batches(ds, n_batches, local_batch_size, pad)
 
 

@@ -11,6 +11,8 @@ Every source yields jaxad's common record (`jaxad.data.records`). The kinds:
 
 The training split (``data.train_split``) of any of them can be cut to a labelled fraction,
 ``data.label_fraction``, per grade (`SubsetSource`, `jaxad.data.splits.stratified_fraction`).
+With ``data.boxes``, every split keeps the images with lesion boxes, each record carrying them
+(`jaxad.data.lesion_boxes.BoxedSource`).
 
 `SOURCES` maps the names to factories, each of which imports what only its kind needs (nibabel,
 the demo generators, tensorflow_datasets) when it is called, so that reading a folder never
@@ -217,6 +219,10 @@ def get_source(data_cfg, split: str) -> Source:
         src = make(data_cfg, split)
     if split == getattr(data_cfg, "train_split", "train"):
         src = apply_label_fraction(src, data_cfg, split)
+    if getattr(data_cfg, "boxes", ""):
+        from jaxad.data import lesion_boxes
+
+        src = lesion_boxes.BoxedSource(src, data_cfg, split)
     return src
 
 

@@ -81,6 +81,19 @@ class Method:
         """
         raise NotImplementedError
 
+    def validation_outputs(self, state: State, batch: Batch, key: jax.Array) -> dict:
+        """Per-example outputs `{name: [B]}` of a validation batch; pure and jittable.
+
+        With `validation_summary`, validation by a metric of the whole split (e.g. kappa)
+        instead of the mean `eval_loss`; it turns on `config.validation` like `eval_loss`.
+        """
+        raise NotImplementedError
+
+    def validation_summary(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        """Scalars of the validation split from its examples' `validation_outputs`; `loss` is
+        what the best state minimises (e.g. minus kappa)."""
+        raise NotImplementedError
+
     # --- loading runs (`jaxad.checkpoint.load_run`, `config.init_from`) ------------------------
     def inference_state(self, state: State) -> State:
         """The part of the state that scoring needs. Default: the whole state."""

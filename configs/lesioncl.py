@@ -1,0 +1,114 @@
+r"""Lesion-based contrastive learning (MICCAI 2021): pre-training on patches around lesions.
+
+Paper settings (default): EyePACS photos (`eyepacs`, border-cropped) resized to 512 px, lesion
+boxes from a box file (the authors' released predictions converted once with
+`python -m jaxad.lesions import-pickle`, or any detector's output), kept with confidence > 0.8
+(the released models' threshold; their script says 0.5), side <= 128 px and a 5 px margin;
+two 128 px patches around one lesion per image, LCL's augmentations, ResNet-50 (ImageNet
+weights from a local file) + 2048-2048-128 head, NT-Xent τ 0.07 over the 2B views, SGD 0.02
+Nesterov, weight decay 5e-4, per-epoch cosine over 1000 epochs, batch 768, seed 1; the
+validation loss every 10 epochs, best state kept.
+
+  python -m jaxad.lesions import-pickle --pickle=EyePACS_predictions_128_08.pkl --out=boxes.json
+  python -m jaxad.main --config=configs/lesioncl.py --workdir=/tmp/lcl \
+      --config.data.boxes=boxes.json --config.lcl.imagenet_weights=resnet50_imagenet.safetensors
+
+Variants: `:simclr` is the whole-image SimCLR baseline at 128 px (same network, loss and
+budget); `:demo` and `:demo_simclr` run on the DR demo photos (no download, a few minutes on 2
+CPU cores, boxes from the built-in lesion candidates). Then `configs/dr_grading.py` grades with
+`--config.init_from.workdir=<this run>`.
+"""
+
+import ml_collections
+
+from configs import common
+
+VARIANTS = ("paper", "simclr", "demo", "demo_simclr")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = arg or "paper"
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"unknown variant {arg!r} of configs/lesioncl.py: use none or one of "
+            f"{', '.join(':' + v for v in VARIANTS[1:])}."
+        )
+    c = common.get_config()
+    c.method = "lesioncl"
+    c.seed = 1
+
+    # Data: EyePACS at 512 px in [0, 1] (the augmentations normalise with EyePACS's statistics
+    # last), with lesion boxes filtered as the original (jaxad.data.lesion_boxes).
+    c.data.name = "eyepacs"
+    c.data.tfds_name = "eyepacs"
+    c.data.image_size = 512
+    c.data.mean = (0.0, 0.0, 0.0)
+    c.data.std = (1.0, 1.0, 1.0)
+    c.data.boxes = ""  # a box file (required), or 'candidates'
+    c.data.box_threshold = 0.8
+    c.data.box_max_side = 128.0
+    c.data.box_margin = 5.0
+
+    c.model.depth = 50
+    c.model.width = 64
+    c.model.head_hidden = 0  # 0: the backbone's feature size (2048)
+    c.model.head_features = 128
+
+    c.lcl = ml_collections.ConfigDict()
+    c.lcl.views = "lesion"  # 'whole': SimCLR on whole images resized to patch_size
+    c.lcl.patch_size = 128
+    c.lcl.crop_scale = (0.8, 1.2)
+    c.lcl.crop_ratio = (0.8, 1.2)
+    c.lcl.temperature = 0.07
+    c.lcl.imagenet_weights = ""  # torchvision ResNet-50 state dict (.safetensors/.npz)
+    c.lcl.t_max = 1000  # epochs of the cosine
+    c.lcl.steps_per_epoch = 0  # 0: training images with boxes // batch size
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 0.02
+    c.optim.momentum = 0.9
+    c.optim.nesterov = True
+    c.optim.weight_decay = 5e-4
+    c.batch_size = 768  # the maintainer's number (the original config: 786)
+    c.num_epochs = 1000
+
+    # The validation loss every 10 epochs (about 45 steps each at 35,126 images), best kept.
+    c.validation.every = 450
+    c.checkpoint_every = 450
+    c.eval.batch_size = 768
+    c.evals = ml_collections.ConfigDict()  # pre-training: nothing to evaluate
+
+    if variant in ("simclr", "demo_simclr"):
+        c.lcl.views = "whole"
+        c.data.boxes = ""
+    if variant in ("demo", "demo_simclr"):
+        # The DR demo photos (jaxad.data.dr_demo: 200 training photos with grades 0-4), at
+        # 128 px, with boxes from the built-in candidate generator; what differs, and why:
+        c.data.name = "demo"
+        c.data.demo = "dr"
+        c.data.tfds_name = ""
+        c.data.num_workers = 0
+        c.data.num_threads = 2
+        c.data.image_size = 128
+        if variant == "demo":
+            c.data.boxes = "candidates"
+        c.data.box_threshold = 0.55  # the candidates' scores start at 0.5
+        # - 32 px patches and boxes (LCL's 128 of 512, scaled), margin 1 px;
+        c.lcl.patch_size = 32
+        c.data.box_max_side = 32.0
+        c.data.box_margin = 1.0
+        # - ResNet-18 at width 8 and a 64-64-32 head, random init: 2 CPU cores, no download;
+        c.model.depth = 18
+        c.model.width = 8
+        c.model.head_features = 32
+        # - batch 64, 150 steps (50 epochs of 3 steps) with the cosine over them, lr 0.1.
+        c.batch_size = 64
+        c.eval.batch_size = 64
+        c.num_epochs = 0
+        c.total_steps = 150
+        c.lcl.t_max = 50
+        c.optim.learning_rate = 0.1
+        c.validation.every = 0
+        c.checkpoint_every = 50
+        c.log_every = 10
+    return c

@@ -162,3 +162,25 @@ def test_panels_picture_the_warp_and_the_evaluator_writes_one_row_per_image(tmp_
     result = evals.core.Result({}, [], [dict(id="a/b.png", label=1, panel=picture)])
     evals.core.write_reports(str(tmp_path), {"step": 0}, [("panels/", result)])
     assert (tmp_path / "overlays" / "panels" / "a_b_label1.png").is_file()
+
+
+@pytest.mark.parametrize("trains", [True, False])
+def test_morph_terms_reach_the_autoencoder_only_as_the_original(trains):
+    method = methods.create(_config(**{"morphaeus.morph_trains_autoencoder": trains}))
+    batch = _batch()
+    state = method.init(jax.random.key(0), batch)
+    x = batch["image"]
+
+    def morph(params):
+        out, _ = method._apply(method.net, {**state["net"], "params": params}, x, train=True)
+        terms = method.losses(out, x, state["vgg"]["params"], 0.0, jnp.asarray(100))
+        return terms["ncc"] + terms["smooth"]
+
+    grads = jax.grad(morph)(state["net"]["params"])
+    norm = {
+        k: float(sum(jnp.sum(jnp.abs(g)) for g in jax.tree.leaves(v))) for k, v in grads.items()
+    }
+    assert norm["deformer"] > 0
+    assert (norm["encoder"] > 0 and norm["decoder"] > 0) == trains
+    if not trains:
+        assert norm["encoder"] == norm["decoder"] == 0.0

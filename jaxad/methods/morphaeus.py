@@ -28,6 +28,12 @@ training, running averages at test).
 Scoring (§2.5): map |x − x̃| at the model's resolution, image score its mean; validation loss
 ½ [MSE(x̂, x) + MSE(x̃, x)] per image, with early stopping on it (`config.validation`).
 
+`morphaeus.morph_trains_autoencoder` (True, as the original): the morph terms' gradients reach
+the autoencoder through the warped prior and the features the deformer reads. False keeps them
+to the deformer (`jaxad.models.morphaeus.MorphAEus.detach_autoencoder`): the local NCC is blind
+to intensity and to the sign of the local correlation, so in short trainings its gradient, 20x
+the MSE's, wiped the lung fields out of the prior (demo, 400 steps).
+
 The plain autoencoder ("MorphAEus-woPLM") is the same network without the deformer
 (`morphaeus.deform=False`, α = 0). `morphaeus.train_plain=True` trains one alongside in the
 same run (own parameters and optimiser, the same batches), so that one evaluation compares
@@ -82,7 +88,8 @@ class MorphAEus(Method):
         self.bn_train = cfg.bn_mode == "train"
         widths = tuple(int(w) for w in config.model.widths)
         kw = dict(widths=widths, bn_mode=cfg.bn_mode, fast_conv_grad=fast)
-        self.net = Network(deform=bool(cfg.deform), **kw)
+        detach = not cfg.morph_trains_autoencoder
+        self.net = Network(deform=bool(cfg.deform), detach_autoencoder=detach, **kw)
         self.plain = Network(deform=False, **kw) if cfg.train_plain else None
         opt = config.optim
         self.tx = optax.adam(opt.learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps)
@@ -122,10 +129,12 @@ class MorphAEus(Method):
         k_net, k_plain = jax.random.split(key)
         x = jnp.zeros((1, *batch["image"].shape[1:3], 1), jnp.float32)
         net = self._init_net(self.net, k_net, x)
-        with jax.ensure_compile_time_eval():
-            vgg = vgg_weights.vgg19_params_or_random(
-                self.cfg.vgg_weights, width=int(self.config.model.vgg_width)
-            )
+        vgg = {}  # no perceptual loss (α = 0 for both networks): no VGG19 at all
+        if self.cfg.alpha or (self.plain is not None and self.cfg.plain_alpha):
+            with jax.ensure_compile_time_eval():
+                vgg = vgg_weights.vgg19_params_or_random(
+                    self.cfg.vgg_weights, width=int(self.config.model.vgg_width)
+                )
         state = {
             "step": jnp.zeros((), jnp.int32),
             "net": net,
@@ -164,8 +173,9 @@ class MorphAEus(Method):
         if "warped" not in out:
             return {**terms, "loss": rec}
         epoch, on, beta = self.schedule(step)
+        target = prior if self.cfg.morph_trains_autoencoder else jax.lax.stop_gradient(prior)
         ncc = 0.5 * (
-            deform.local_ncc_loss(x, out["warped"]) + deform.local_ncc_loss(prior, out["reversed"])
+            deform.local_ncc_loss(x, out["warped"]) + deform.local_ncc_loss(target, out["reversed"])
         )
         smooth = deform.gradient_l2(out["velocity"])
         morph = ncc + beta * smooth

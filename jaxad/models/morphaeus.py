@@ -256,6 +256,10 @@ class MorphAEus(nn.Module):
     deformer_width: int = DEFORMER_WIDTH
     dtype: DTypeLike | None = None
     fast_conv_grad: bool | str = False
+    # True: the deformer reads, and the warp moves, the autoencoder's outputs under a stop
+    # gradient, so that losses on the warped images train the deformer alone (the outputs are
+    # the same; the original lets those gradients into the autoencoder: False).
+    detach_autoencoder: bool = False
 
     def setup(self) -> None:
         if self.bn_mode not in BN_MODES:
@@ -286,11 +290,12 @@ class MorphAEus(nn.Module):
             return out
         # Encoder tap k is at 1/2^k, decoder tap k at 1/2^(levels - k): the pairs at 1/8, 1/4, 1/2.
         scales = range(DEFORMER_LEVELS, 0, -1)
-        v = self.deformer(
-            [encoder_taps[s - 1] for s in scales],
-            [decoder_taps[levels - s - 1] for s in scales],
-            train,
-        )
+        enc = [encoder_taps[s - 1] for s in scales]
+        dec = [decoder_taps[levels - s - 1] for s in scales]
+        source = prior
+        if self.detach_autoencoder:
+            enc, dec, source = jax.lax.stop_gradient((enc, dec, prior))
+        v = self.deformer(enc, dec, train)
         v = v.astype(jnp.float32)
         # exp(v) and exp(-v) in one integration loop (one loop to compile and differentiate).
         both = deform.integrate_velocity(jnp.concatenate([v, -v]), self.int_steps)
@@ -298,7 +303,7 @@ class MorphAEus(nn.Module):
         out.update(
             velocity=v,
             displacement=phi,
-            warped=deform.warp(prior, phi),
+            warped=deform.warp(source, phi),
             reversed=deform.warp(x, phi_inverse),
         )
         return out

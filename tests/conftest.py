@@ -63,13 +63,18 @@ def tiny_config(root: os.PathLike, **overrides):
     c.checkpoint_every = 2
     c.eval.num_overlays = 4
     c.l2v.score_chunk = 36
+    return override(c, overrides)
+
+
+def override(config, overrides: dict):
+    """`config` with dotted keys set, as `--config.a.b=v` would (for tests)."""
     for key, value in overrides.items():
-        target = c
+        target = config
         *parents, leaf = key.split(".")
         for p in parents:
             target = target[p]
         target[leaf] = value
-    return c
+    return config
 
 
 def pytest_configure(config):

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import override as _override
 
 from configs import dr_grading as grading_configs
 from configs import lesioncl as lesioncl_configs
@@ -13,13 +14,7 @@ from jaxad import checkpoint, methods
 
 
 def _set(c, **overrides):
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return _override(c, overrides)
 
 
 def _tiny(c):

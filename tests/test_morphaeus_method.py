@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import override
 
 from configs import morphaeus as morphaeus_configs
 from jaxad import methods
@@ -22,13 +23,7 @@ def _config(**overrides):
     c.model.fast_conv_grad = False
     c.morphaeus.steps_per_epoch = 3
     c.morphaeus.warmup_epochs = 1
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return override(c, overrides)
 
 
 def _batch(n=2, size=16, seed=0):

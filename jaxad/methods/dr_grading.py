@@ -119,21 +119,14 @@ class DRGrading(Method):
 
         def loss_fn(params):
             v = {**net, "params": params}
-            if self.linear:
-                return jnp.mean(jnp.square(self.net.apply(v, x, train=True) - target)), net[
-                    "batch_stats"
-                ]
-            pred, updates = self.net.apply(v, x, train=True, mutable=["batch_stats"])
-            return jnp.mean(jnp.square(pred - target)), updates["batch_stats"]
+            if self.linear:  # the backbone in eval mode: its statistics do not move
+                pred, stats = self.net.apply(v, x, train=True), net["batch_stats"]
+            else:
+                pred, updates = self.net.apply(v, x, train=True, mutable=["batch_stats"])
+                stats = updates["batch_stats"]
+            return jnp.mean(jnp.square(pred - target)), stats
 
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(net["params"])
-        updates, opt = self.tx.update(grads, state["opt"], net["params"])
-        new = {
-            "step": state["step"] + 1,
-            "net": {"params": optax.apply_updates(net["params"], updates), "batch_stats": stats},
-            "opt": opt,
-        }
-        return new, {"loss": loss, "lr": self.schedule(state["step"])}
+        return lesioncl.optimizer_step(state, loss_fn, self.tx, self.schedule)
 
     def predict(self, state: dict, images: jax.Array) -> jax.Array:
         """[B] regression outputs of [0, 1] images (no augmentation)."""

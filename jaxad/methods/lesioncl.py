@@ -140,6 +140,19 @@ def with_backbone(variables: dict, backbone: dict | None) -> dict:
     return out
 
 
+def optimizer_step(state: dict, loss_fn, tx: optax.GradientTransformation, schedule):
+    """One update of `state["net"]` by `loss_fn(params) -> (loss, new batch_stats)`."""
+    net = state["net"]
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(net["params"])
+    updates, opt = tx.update(grads, state["opt"], net["params"])
+    new = {
+        "step": state["step"] + 1,
+        "net": {"params": optax.apply_updates(net["params"], updates), "batch_stats": stats},
+        "opt": opt,
+    }
+    return new, {"loss": loss, "lr": schedule(state["step"])}
+
+
 class LesionCL(Method):
     """The method object the shared loop drives (see `jaxad.methods.base.Method`)."""
 
@@ -216,14 +229,7 @@ class LesionCL(Method):
             z, stats = self.embeddings({**net, "params": params}, key, batch, train=True)
             return contrastive.supcon_loss(z, temperature=float(self.cfg.temperature)), stats
 
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(net["params"])
-        updates, opt = self.tx.update(grads, state["opt"], net["params"])
-        new = {
-            "step": state["step"] + 1,
-            "net": {"params": optax.apply_updates(net["params"], updates), "batch_stats": stats},
-            "opt": opt,
-        }
-        return new, {"loss": loss, "lr": self.schedule(state["step"])}
+        return optimizer_step(state, loss_fn, self.tx, self.schedule)
 
     def eval_loss(self, state: dict, batch: dict, key: jax.Array) -> jax.Array:
         """[B] each image's share of its batch's contrastive loss (0 for padding rows)."""

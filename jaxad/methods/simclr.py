@@ -51,7 +51,7 @@ import optax
 from jaxad import writers
 from jaxad.methods.base import Method
 from jaxad.models.vgg import SimCLRModel, VGG19Features
-from jaxad.ops import augment, conv, perceptual
+from jaxad.ops import augment, contrastive, conv, perceptual
 
 LR_SCHEDULES = ("cosine_epochs", "constant")
 # Seed of the random VGG19 used when no weights are given (the original's fallback also seeds).
@@ -103,18 +103,11 @@ def nt_xent_per_example(
     Rows where `valid` is False are left out as negatives and get 0, so the valid rows' values
     are those of `jaxad.ops.perceptual.nt_xent` over the valid pairs alone.
     """
-    n = z1.shape[0]
     z = jnp.concatenate([z1, z2], axis=0).astype(jnp.float32)
     z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-8)
-    logits = z @ z.T / temperature
-    valid = jnp.ones((n,), bool) if valid is None else valid.astype(bool)
-    valid2 = jnp.concatenate([valid, valid])
-    excluded = jnp.eye(2 * n, dtype=bool) | ~valid2[None, :]
-    logits = jnp.where(excluded, -jnp.inf, logits)
-    partner = (jnp.arange(2 * n) + n) % (2 * n)
-    positive = jnp.take_along_axis(logits, partner[:, None], axis=1)[:, 0]
-    ce = jax.nn.logsumexp(logits, axis=1) - positive
-    return jnp.where(valid, 0.5 * (ce[:n] + ce[n:]), 0.0)
+    return contrastive.supcon_loss_per_example(
+        z, temperature=temperature, base_temperature=temperature, valid=valid
+    )
 
 
 def augment_from_config(cfg: ml_collections.ConfigDict) -> augment.Augment:

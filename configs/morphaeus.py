@@ -130,13 +130,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.tfds_name = ""
         c.data.num_workers = 0
         c.data.num_threads = 2
-        c.morphaeus.train_plain = True
         c.eval.pixel_metrics = True  # the demo has opacity masks
         c.evals.model.split = ""
         c.evals.baseline.split = ""
         c.evals.panels.split = ""
         del c.evals["covid"]
-        c.evals.plain = common.anomaly_map_eval(prefix="plain/", output="plain_map")
+        # The plain autoencoder is MorphAEus's own: with the morph terms on the deformer only
+        # (below), its parameters get exactly the plain loss's gradient, so |x − x̂| is the
+        # plain autoencoder's map and the comparison isolates the deformation.
+        c.evals.plain = common.anomaly_map_eval(prefix="plain/", output="prior_map")
         # - 64 px images and one level fewer (6 stride-2 levels to the 1 x 1 bottleneck: the
         #   paper's widths without its last 256), batch 8 and 400 steps (9 epochs of 360
         #   images): the compute budget of 2 CPU cores (about 1 step/s for both networks);

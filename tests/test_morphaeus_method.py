@@ -179,3 +179,36 @@ def test_morph_terms_reach_the_autoencoder_only_as_the_original(trains):
     assert (norm["encoder"] > 0 and norm["decoder"] > 0) == trains
     if not trains:
         assert norm["encoder"] == norm["decoder"] == 0.0
+
+
+def test_a_detached_morphaeus_autoencoder_trains_as_the_plain_autoencoder():
+    """With the morph terms on the deformer only, `prior_map` is a plain autoencoder's map."""
+    cfg = {"morphaeus.morph_trains_autoencoder": False, "morphaeus.alpha": 0.0}
+    method = methods.create(_config(**cfg))
+    plain = methods.create(_config(**{**cfg, "morphaeus.deform": False}))
+    batches = [_batch(seed=i) for i in range(8)]  # past the warm-up (6 steps)
+    state = method.init(jax.random.key(0), batches[0])
+    plain_state = plain.init(jax.random.key(0), batches[0])
+    # The same autoencoder to start with: its parameters are a subtree of MorphAEus's.
+    for part in ("encoder", "decoder"):
+        plain_state["net"]["params"][part] = state["net"]["params"][part]
+    plain_state["opt"] = plain.tx.init(plain_state["net"]["params"])
+    step, plain_step = jax.jit(method.train_step), jax.jit(plain.train_step)
+    for batch in batches:
+        state, metrics = step(state, batch, jax.random.key(1))
+        plain_state, _ = plain_step(plain_state, batch, jax.random.key(1))
+    assert float(metrics["morph_on"]) == 1.0 and float(metrics["ncc"]) > 0
+    out = jax.jit(method.score)(state, batches[0], jax.random.key(0))
+    plain_out = jax.jit(plain.score)(plain_state, batches[0], jax.random.key(0))
+    np.testing.assert_allclose(out["prior_map"], plain_out["map"], atol=1e-6)
+    assert float(jnp.abs(out["map"] - out["prior_map"]).max()) > 0  # the warp moved something
+    np.testing.assert_allclose(out["prior_map_score"], out["prior_map"].mean(axis=(1, 2)))
+    pictures = jax.jit(method.panels)(state, batches[0], jax.random.key(0))
+    np.testing.assert_allclose(pictures["5 unwarped residual_map"], out["prior_map"], atol=1e-6)
+    # With the original's gradient path the autoencoder trains differently.
+    coupled = methods.create(_config(**{**cfg, "morphaeus.morph_trains_autoencoder": True}))
+    coupled_state = coupled.init(jax.random.key(0), batches[0])
+    for batch in batches:
+        coupled_state, _ = jax.jit(coupled.train_step)(coupled_state, batch, jax.random.key(1))
+    coupled_out = jax.jit(coupled.score)(coupled_state, batches[0], jax.random.key(0))
+    assert float(jnp.abs(coupled_out["prior_map"] - plain_out["map"]).max()) > 1e-5

@@ -37,7 +37,11 @@ the MSE's, wiped the lung fields out of the prior (demo, 400 steps).
 The plain autoencoder ("MorphAEus-woPLM") is the same network without the deformer
 (`morphaeus.deform=False`, α = 0). `morphaeus.train_plain=True` trains one alongside in the
 same run (own parameters and optimiser, the same batches), so that one evaluation compares
-both: its map and score come out of `score` as `plain_map` / `plain_map_score`.
+both: its map and score come out of `score` as `plain_map` / `plain_map_score`. When the morph
+terms train the deformer only, MorphAEus's own autoencoder is already a plain autoencoder (its
+parameters get exactly the plain loss's gradient; tested), so `prior_map` |x − x̂| is the plain
+autoencoder's map from the very network that MorphAEus warps: the comparison isolates the
+deformation, at half the training cost.
 """
 
 from __future__ import annotations
@@ -234,13 +238,17 @@ class MorphAEus(Method):
         return jnp.where(batch["valid"], loss, 0.0) if "valid" in batch else loss
 
     def score(self, state: dict, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
-        """`map` |x − x̃| [B, H, W] and its mean `score`; also the prior and the warp."""
+        """`map` |x − x̃| [B, H, W] and its mean `score`; with the deformer, also `prior_map`
+        |x − x̂| (the same autoencoder without the warp) and its mean `prior_map_score`."""
         del key
         x = batch["image"]
         out = self._reconstruct(state, x)
         warped = out.get("warped", out["prior"])
         amap = jnp.abs(x - warped)[..., 0]
         result = {"map": amap, "score": amap.mean(axis=(1, 2))}
+        if "warped" in out:
+            prior_map = jnp.abs(x - out["prior"])[..., 0]
+            result.update(prior_map=prior_map, prior_map_score=prior_map.mean(axis=(1, 2)))
         if self.plain is not None:
             plain, _ = self._apply(self.plain, state["plain"], x, train=False)
             plain_map = jnp.abs(x - plain["prior"])[..., 0]
@@ -248,7 +256,8 @@ class MorphAEus(Method):
         return result
 
     def panels(self, state: dict, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
-        """The prior, the warped prior, the deformation as a warped grid, and the residual."""
+        """The prior, the warped prior, the deformation as a warped grid, the residual, and the
+        separate plain autoencoder's residual or else the unwarped prior's."""
         del key
         x = batch["image"]
         out = self._reconstruct(state, x)
@@ -261,6 +270,8 @@ class MorphAEus(Method):
         if self.plain is not None:
             plain, _ = self._apply(self.plain, state["plain"], x, train=False)
             pictures["5 plain AE residual_map"] = jnp.abs(x - plain["prior"])[..., 0]
+        elif "warped" in out:
+            pictures["5 unwarped residual_map"] = jnp.abs(x - out["prior"])[..., 0]
         return pictures
 
 

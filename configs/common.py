@@ -141,6 +141,18 @@ def data_config() -> ml_collections.ConfigDict:
     return d
 
 
+def use_dr_demo(data: ml_collections.ConfigDict, image_size: int = 128) -> None:
+    """Points `data` at the DR demo photos (`jaxad.data.dr_demo`, generated once, cached) in
+    [0, 1], read in this process on 2 threads: the settings lesion-based CL's demo and its
+    grader's share, so both read the same photos the same way."""
+    data.name = "demo"
+    data.demo = "dr"
+    data.tfds_name = ""
+    data.num_workers = 0
+    data.num_threads = 2
+    data.image_size = image_size
+
+
 # --- evaluators ------------------------------------------------------------------------------
 # Each returns the config of one evaluation for `c.evals.<name>`; `type` names the module of
 # jaxad/evals/ that runs it, `prefix` goes before its metric names in metrics.json, `split`

@@ -82,6 +82,29 @@ def sgd(optim: ml_collections.ConfigDict, learning_rate) -> optax.GradientTransf
     )
 
 
+def augmentation(cfg: ml_collections.ConfigDict) -> lesion_augment.LesionAugment:
+    """The views' augmentation from `config.lcl`: B5's strengths in the paper's config, softer
+    in the demo's (a small network from random weights collapses under B5's, see its config).
+
+    `color_jitter` is ColorJitter's (brightness, contrast, saturation, hue); keys a config
+    lacks (runs saved before they existed) keep LCL's values.
+    """
+    lcl = lesion_augment.LCL
+    default_jitter = (lcl.brightness, lcl.contrast, lcl.saturation, lcl.hue)
+    jitter = tuple(float(v) for v in cfg.get("color_jitter", default_jitter))
+    return lesion_augment.LesionAugment(
+        brightness=jitter[0],
+        contrast=jitter[1],
+        saturation=jitter[2],
+        hue=jitter[3],
+        crop_scale=tuple(float(v) for v in cfg.crop_scale),
+        crop_ratio=tuple(float(v) for v in cfg.crop_ratio),
+        degrees=float(cfg.get("degrees", lcl.degrees)),
+        translate=tuple(float(v) for v in cfg.get("translate", lcl.translate)),
+        grayscale_p=float(cfg.get("grayscale_p", lcl.grayscale_p)),
+    )
+
+
 def cosine_per_epoch(count: jax.Array, base_lr: float, steps_per_epoch: int, t_max: int):
     """CosineAnnealingLR stepped once per epoch: base · ½ (1 + cos(π e / T_max)), e the epoch."""
     epoch = (count // steps_per_epoch).astype(jnp.float32)
@@ -168,9 +191,7 @@ class LesionCL(Method):
             )
         self.config, self.cfg = config, cfg
         self.size = int(cfg.patch_size)
-        self.aug = lesion_augment.LesionAugment(
-            crop_scale=tuple(cfg.crop_scale), crop_ratio=tuple(cfg.crop_ratio)
-        )
+        self.aug = augmentation(cfg)
         depth, width = int(config.model.depth), int(config.model.width)
         self.net = ContrastiveNet(
             depth=depth,

@@ -164,11 +164,11 @@ def small_generate(monkeypatch):
 def test_ensure_generates_once_into_the_cache(monkeypatch, tmp_path, small_generate):
     monkeypatch.setenv("JAXAD_DATA_DIR", str(tmp_path))
     root = cxr_phantom.ensure_cxr_demo()
-    assert root == tmp_path / "demo" / "cxr_v1"
+    assert root == tmp_path / "demo" / "cxr_v2"
     assert (root / demo.MARKER).is_file() and (root / "test" / "opacity" / "000.png").is_file()
     assert cxr_phantom.ensure_cxr_demo() == root
     assert len(small_generate) == 1
-    assert sorted(p.name for p in root.parent.iterdir()) == ["cxr_v1"]
+    assert sorted(p.name for p in root.parent.iterdir()) == ["cxr_v2"]
 
 
 def test_read_through_get_source(tmp_path, small_generate):

@@ -5,7 +5,7 @@ the variation of normal anatomy between subjects is absorbed by the deformation 
 pathology is left in the residual. Its demo needs a population whose anatomy differs from
 subject to subject (a pixel-wise mean image is blurry) and anomalies that intensity alone does not
 give away, with no download. This module draws both procedurally (numpy, scipy and Pillow; about
-20 ms per 128 px image, the default demo of 480 images in 10-15 s on 2 CPU cores).
+20 ms per 128 px image, the default demo of 600 images in 15-20 s on 2 CPU cores).
 
 Every image is a template anatomy evaluated in anatomy coordinates (x right, y down, both about
 [-1, 1] over the image; image left is the patient's right), each structure with its own shape
@@ -49,11 +49,12 @@ touch keep exactly their normal values:
 
 Masks mark the pixels whose anomaly weight is at least `MASK_THRESHOLD`, inside the lung fields.
 
-Layout (MVTec-AD, as `jaxad.data.demo`): ``train/good/`` (400), ``test/good/`` (40),
-``test/<type>/`` (40 in all) and ``ground_truth/<type>/<stem>_mask.png``; 8-bit greyscale PNGs
-of 128 px (no ``val/good``: the folder source holds out 10 % of ``train/good``).
-``ensure_cxr_demo()`` generates it once into a cache folder (``$JAXAD_DATA_DIR/demo/cxr_v1`` or
-``~/.cache/jaxad/demo/cxr_v1``) and is a cheap check afterwards; ``generate_cxr_demo`` writes any
+Layout (MVTec-AD, as `jaxad.data.demo`): ``train/good/`` (400), ``test/good/`` (100),
+``test/<type>/`` (100 in all, so that an image AUROC is known to about 0.04) and
+``ground_truth/<type>/<stem>_mask.png``; 8-bit greyscale PNGs of 128 px (no ``val/good``: the
+folder source holds out 10 % of ``train/good``).
+``ensure_cxr_demo()`` generates it once into a cache folder (``$JAXAD_DATA_DIR/demo/cxr_v2`` or
+``~/.cache/jaxad/demo/cxr_v2``) and is a cheap check afterwards; ``generate_cxr_demo`` writes any
 size into any folder. It is read as ``data.name='demo', data.demo='cxr'``.
 """
 
@@ -70,7 +71,7 @@ from scipy import ndimage as ndi
 
 from jaxad.data import demo
 
-VERSION = "cxr_v1"
+VERSION = "cxr_v2"
 ANOMALY_TYPES = ("opacity", "effusion", "nodule")
 # Share of each type among the anomalous test images (opacities take the rest after rounding).
 ANOMALY_SHARES = {"opacity": 0.7, "effusion": 0.15, "nodule": 0.15}
@@ -604,8 +605,8 @@ def generate_cxr_demo(
     root: str | os.PathLike,
     *,
     n_train: int = 400,
-    n_test_good: int = 40,
-    n_test_anomalous: int = 40,
+    n_test_good: int = 100,
+    n_test_anomalous: int = 100,
     size: int = 128,
     seed: int = 0,
 ) -> pathlib.Path:
@@ -653,6 +654,6 @@ def generate_cxr_demo(
 
 def ensure_cxr_demo(root: str | os.PathLike | None = None, *, seed: int = 0) -> pathlib.Path:
     """Returns the chest X-ray demo folder, generating it first if it is missing or incomplete
-    (`jaxad.data.demo.ensure_generated`; by default ``$JAXAD_DATA_DIR/demo/cxr_v1`` or
-    ``~/.cache/jaxad/demo/cxr_v1``)."""
+    (`jaxad.data.demo.ensure_generated`; by default ``$JAXAD_DATA_DIR/demo/cxr_v2`` or
+    ``~/.cache/jaxad/demo/cxr_v2``)."""
     return demo.ensure_generated(VERSION, generate_cxr_demo, root, seed=seed)

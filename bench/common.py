@@ -7,9 +7,12 @@ was meanwhile (`OtherLoad`): timings mean something only when that is about 0.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,3 +121,49 @@ def write_report(report: dict, runs: list[tuple[str, dict]], out: str, log) -> i
         log(f"failed: {', '.join(failed)} (see the errors above)")
         return 1
     return 0
+
+
+# --- shared by the runners that time jaxad against PyTorch (morphaeus.py, lesioncl.py) ---
+
+
+def cpu_sec() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def summary(runs: list[tuple[float, float]]) -> dict:
+    """Median wall and CPU seconds of (wall, cpu) calls, and every wall time."""
+    return {
+        "sec": statistics.median(t for t, _ in runs),
+        "cpu_sec": statistics.median(c for _, c in runs),
+        "sec_all": [t for t, _ in runs],
+        "calls_timed": len(runs),
+    }
+
+
+def env() -> dict:
+    import flax
+    import jax
+    import jaxlib
+
+    return {
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def children_cpu_sec() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

@@ -68,14 +68,10 @@ ratios (both sides saw the same load) and the CPU seconds more than the wall sec
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import itertools
 import json
 import os
-import platform
-import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -95,15 +91,6 @@ STEPS_PER_EPOCH = 1000  # any number above the steps timed: the warm-up state st
 
 def _log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def _cpu_sec() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _load_config(batch: int):
@@ -239,16 +226,16 @@ class JaxadBench:
         if part not in self.times:
             jax.block_until_ready(fn())
             self.times[part] = []
-        c0, t0 = _cpu_sec(), time.perf_counter()
+        c0, t0 = bench_common.cpu_sec(), time.perf_counter()
         jax.block_until_ready(fn())
         sec = time.perf_counter() - t0
-        self.times[part].append((sec, _cpu_sec() - c0))
+        self.times[part].append((sec, bench_common.cpu_sec() - c0))
         return sec
 
     def result(self) -> dict:
         parts = {}
         for name, runs in self.times.items():
-            parts[name] = _summary(runs)
+            parts[name] = bench_common.summary(runs)
             if name.startswith("train") or name == "score":
                 n_images = self.score_batch if name == "score" else self.batch
                 parts[name]["batch_size"] = n_images
@@ -267,7 +254,7 @@ class TorchRunner:
             f"--original={args.original}",
             f"--batch={args.batch}",
             f"--score_batch={args.score_batch}",
-            f"--threads={_threads()}",
+            f"--threads={bench_common.threads()}",
         ]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
@@ -299,7 +286,7 @@ class TorchRunner:
         self.proc.wait()
         parts = {}
         for name, runs in self.times.items():
-            parts[name] = _summary(runs)
+            parts[name] = bench_common.summary(runs)
             if name.startswith(("train", "score")):
                 n_images = self.info["batch_size"] if name.startswith("train") else self.score_batch
                 parts[name]["batch_size"] = n_images
@@ -310,35 +297,6 @@ class TorchRunner:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-
-def _summary(runs: list[tuple[float, float]]) -> dict:
-    """Median wall and CPU seconds of (wall, cpu) calls, and every wall time."""
-    return {
-        "sec": statistics.median(t for t, _ in runs),
-        "cpu_sec": statistics.median(c for _, c in runs),
-        "sec_all": [t for t, _ in runs],
-        "calls_timed": len(runs),
-    }
-
-
-def _env() -> dict:
-    import flax
-    import jax
-    import jaxlib
-
-    return {
-        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "flax": flax.__version__,
-        "python": platform.python_version(),
-        "backend": jax.default_backend(),
-        "device_count": jax.device_count(),
-        "cpu_count": os.cpu_count(),
-        "threads": _threads(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-    }
 
 
 def _ratios(jaxad: dict, torch: dict) -> dict:
@@ -431,11 +389,6 @@ def _schedule(args: argparse.Namespace, torch_parts: list[str]) -> list[tuple[st
     return calls
 
 
-def _children_cpu_sec() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.threads:
@@ -446,7 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     bench = JaxadBench(args.batch, args.score_batch)
     torch_parts = args.torch_parts if args.torch_python else []
     calls = _schedule(args, torch_parts)
-    load, t0, child0 = bench_common.OtherLoad(), time.perf_counter(), _children_cpu_sec()
+    load, t0, child0 = (
+        bench_common.OtherLoad(),
+        time.perf_counter(),
+        bench_common.children_cpu_sec(),
+    )
     runner, torch = None, None
     try:
         if args.torch_python:
@@ -465,12 +422,16 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     busy = load.cpus()
     # OtherLoad counts the runner (a child) as another process: take its CPU time out.
-    other = None if busy is None else round(max(busy - (_children_cpu_sec() - child0) / wall, 0), 2)
+    other = (
+        None
+        if busy is None
+        else round(max(busy - (bench_common.children_cpu_sec() - child0) / wall, 0), 2)
+    )
     jaxad = bench.result()
     jaxad["other_cpus_busy"] = other
     jaxad["peak_rss_bytes"] = bench_common.peak_rss_bytes()
     report: dict[str, Any] = {
-        "env": _env(),
+        "env": bench_common.env(),
         "settings": {
             "config": "configs/morphaeus.py",
             "image_size": bench.config.data.image_size,

@@ -247,7 +247,7 @@ def serve(args: argparse.Namespace) -> None:
 
     The first request of a part builds it and makes an untimed warm-up call first. The first
     line printed is {"info": ...}; the last, after "done" or end of input, has the peak RSS and
-    `other_cpus_busy` of the whole session.
+    `other_cpus_busy` of the whole run.
     """
     load = bench_common.OtherLoad()
     bench = Bench(args)

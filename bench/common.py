@@ -167,3 +167,52 @@ def env() -> dict:
 def children_cpu_sec() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+class ServedRunner:
+    """A runner subprocess in `--serve` mode (e.g. bench/morphaeus_torch.py under a PyTorch
+    Python): one part name per line in, one JSON reply per line out; its first line is
+    {"info": ...}, its last, after "done", carries its peak RSS."""
+
+    def __init__(self, cmd: list[str]):
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        self.info = self._read()["info"]
+        self.times: dict[str, list[tuple[float, float]]] = {}
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the PyTorch runner ended (exit code {self.proc.wait()})")
+        return json.loads(line)
+
+    def call(self, part: str) -> float:
+        """One timed call of `part` in the runner; its wall seconds."""
+        self.proc.stdin.write(part + "\n")
+        self.proc.stdin.flush()
+        reply = self._read()
+        if "error" in reply:
+            raise RuntimeError(f"the PyTorch runner: {part}: {reply['error']}")
+        self.times.setdefault(part, []).append((reply["sec"], reply["cpu_sec"]))
+        return reply["sec"]
+
+    def finish(self, images_per_call: dict[str, int]) -> dict:
+        """Ends the runner; its info, peak RSS and per-part summaries, with images/s for the
+        parts in `images_per_call`."""
+        self.proc.stdin.write("done\n")
+        self.proc.stdin.close()
+        final = self._read()
+        self.proc.wait()
+        parts = {}
+        for name, runs in self.times.items():
+            parts[name] = summary(runs)
+            if name in images_per_call:
+                parts[name]["batch_size"] = images_per_call[name]
+                parts[name]["images_per_sec"] = images_per_call[name] / parts[name]["sec"]
+        return {**self.info, "peak_rss_bytes": final["peak_rss_bytes"], "parts": parts}
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -71,9 +71,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import itertools
-import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -281,7 +279,7 @@ class JaxadBench:
         return {**self.info, "parts": parts}
 
 
-class TorchRunner:
+class TorchRunner(bench_common.ServedRunner):
     """bench/lesioncl_torch.py --serve under `--torch_python`: one timed call per `call`."""
 
     def __init__(self, args: argparse.Namespace, patch_size: int, image_size: int):
@@ -296,50 +294,17 @@ class TorchRunner:
             f"--image_size={image_size}",
             f"--threads={bench_common.threads()}",
         ]
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
-        )
-        self.info = self._read()["info"]
+        super().__init__(cmd)
         self.images = {
             "lcl_train": args.lcl_batch,
             "lcl_aug": args.lcl_batch,
             "grade_train": args.grade_batch,
             "grade_score": args.score_batch,
         }
-        self.times: dict[str, list[tuple[float, float]]] = {}
-
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the PyTorch runner ended (exit code {self.proc.wait()})")
-        return json.loads(line)
-
-    def call(self, part: str) -> float:
-        self.proc.stdin.write(part + "\n")
-        self.proc.stdin.flush()
-        reply = self._read()
-        if "error" in reply:
-            raise RuntimeError(f"the PyTorch runner: {part}: {reply['error']}")
-        self.times.setdefault(part, []).append((reply["sec"], reply["cpu_sec"]))
-        return reply["sec"]
 
     def close(self) -> dict:
         """Ends the runner; its info, peak RSS and per-part summaries."""
-        self.proc.stdin.write("done\n")
-        self.proc.stdin.close()
-        final = self._read()
-        self.proc.wait()
-        parts = {}
-        for name, runs in self.times.items():
-            parts[name] = bench_common.summary(runs)
-            parts[name]["batch_size"] = self.images[name]
-            parts[name]["images_per_sec"] = self.images[name] / parts[name]["sec"]
-        return {**self.info, "peak_rss_bytes": final["peak_rss_bytes"], "parts": parts}
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        return self.finish(self.images)
 
 
 def _ratios(jaxad: dict, torch: dict) -> dict:

@@ -70,9 +70,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import itertools
-import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -243,7 +241,7 @@ class JaxadBench:
         return {**self.info, "parts": parts}
 
 
-class TorchRunner:
+class TorchRunner(bench_common.ServedRunner):
     """bench/morphaeus_torch.py --serve under `--torch_python`: one timed call per `call`."""
 
     def __init__(self, args: argparse.Namespace):
@@ -256,47 +254,15 @@ class TorchRunner:
             f"--score_batch={args.score_batch}",
             f"--threads={bench_common.threads()}",
         ]
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
-        )
+        super().__init__(cmd)
         self.score_batch = args.score_batch
-        self.info = self._read()["info"]
-        self.times: dict[str, list[tuple[float, float]]] = {}
-
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the PyTorch runner ended (exit code {self.proc.wait()})")
-        return json.loads(line)
-
-    def call(self, part: str) -> float:
-        self.proc.stdin.write(part + "\n")
-        self.proc.stdin.flush()
-        reply = self._read()
-        if "error" in reply:
-            raise RuntimeError(f"the PyTorch runner: {part}: {reply['error']}")
-        self.times.setdefault(part, []).append((reply["sec"], reply["cpu_sec"]))
-        return reply["sec"]
 
     def close(self) -> dict:
         """Ends the runner; its info, peak RSS and per-part summaries."""
-        self.proc.stdin.write("done\n")
-        self.proc.stdin.close()
-        final = self._read()
-        self.proc.wait()
-        parts = {}
-        for name, runs in self.times.items():
-            parts[name] = bench_common.summary(runs)
-            if name.startswith(("train", "score")):
-                n_images = self.info["batch_size"] if name.startswith("train") else self.score_batch
-                parts[name]["batch_size"] = n_images
-                parts[name]["images_per_sec"] = n_images / parts[name]["sec"]
-        return {**self.info, "peak_rss_bytes": final["peak_rss_bytes"], "parts": parts}
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        train = [name for name in self.times if name.startswith("train")]
+        images = {name: self.info["batch_size"] for name in train}
+        images.update({name: self.score_batch for name in self.times if name.startswith("score")})
+        return self.finish(images)
 
 
 def _ratios(jaxad: dict, torch: dict) -> dict:

@@ -10,6 +10,8 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
+    # configs/ is a package too: `python -m jaxad.main --config=configs/x.py` works from any
+    # directory by reading the installed copy.
     packages=setuptools.find_packages(
         include=["jaxad", "jaxad.*", "data_builders", "data_builders.*", "configs"]
     ),
@@ -40,6 +42,8 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "ruff>=0.6", "dill>=0.3"],
+        # To view a run's `tensorboard/` folder: tensorboard --logdir=WORKDIR/tensorboard
+        "tensorboard": ["tensorboard>=2.14"],
     },
     classifiers=[
         "License :: OSI Approved :: Apache Software License",

@@ -9,18 +9,24 @@ latest checkpoint: the state its final evaluation scored), scores every image un
 (an overlay) and `OUT/scores.csv` (path, score). Runs evaluated at full resolution (an
 `anomaly_map` evaluator with `full_resolution=True`: window-based methods such as PICARD)
 score each image at its own resolution instead, one at a time, with `method.dense_map`, and
-the image score is the map's maximum.
+the image score is the map's maximum. Images smaller than the model's input (`data.image_size`)
+are upsampled to it and named in a warning; at full resolution, an image smaller than the
+method's window cannot be scored and is skipped with a warning naming it (an error if no image
+can be scored).
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import sys
 
 import numpy as np
 from absl import app, flags
 from PIL import Image
+
+from jaxad import cli
+
+PROG = "jaxad.predict"
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a finished jaxad training run.")
 _INPUT = flags.DEFINE_string("input", None, "Folder of images to score.")
@@ -74,20 +80,37 @@ def _predict_full_resolution(
     """Maps at each image's own size, one image at a time (window-based methods)."""
     import jax
 
-    from jaxad import viz
+    from jaxad import viz, writers
     from jaxad.evals import core
 
     key = jax.random.fold_in(jax.random.key(config.seed), 2)
-    rows = []
+    window = int(getattr(method, "window", 0))  # Window-based methods cannot score less.
+    rows, skipped = [], []
     for i in range(len(src)):
         rec = src[i]
         image = core.unit_image(rec, config.data.channels)
+        if min(image.shape[:2]) < window:
+            writers.logger.warning(
+                "skipped %s: %dx%d is smaller than the model's %dx%d window",
+                rec["id"],
+                image.shape[1],
+                image.shape[0],
+                window,
+                window,
+            )
+            skipped.append(rec["id"])
+            continue
         amap = np.asarray(method.dense_map(state, image, jax.random.fold_in(key, i)), np.float32)
         stem = os.path.join(output_dir, os.path.splitext(rec["id"])[0])
         os.makedirs(os.path.dirname(stem), exist_ok=True)
         np.save(stem + ".npy", amap)
         viz.save_png(stem + ".png", viz.side_by_side(*core.downscale(image, amap)[:2]))
         rows.append((rec["id"], float(amap.max())))
+    if skipped and not rows:
+        raise ValueError(
+            f"every image ({len(skipped)}, e.g. {skipped[0]}) is smaller than the model's "
+            f"{window}x{window} window: nothing to score."
+        )
     return rows
 
 
@@ -95,18 +118,20 @@ def _predict_batched(
     config, method, state, mesh, src, input_dir: str, output_dir: str, local_bs: int
 ) -> list[tuple[str, float]]:
     """Maps at `data.image_size` resized back to each image's size (the shared evaluation path)."""
-    from jaxad import viz
+    from jaxad import viz, writers
     from jaxad.data import pipeline, sources
     from jaxad.evals import core
 
     batches = pipeline.source_batches(src, config.data, local_batch_size=local_bs)
-    rows = []
+    rows, small = [], []
     for local, out in core.score_stream(method, state, mesh, batches, config.seed):
         for j in np.flatnonzero(local["valid"]):
             rel = str(local["id"][j])
             full = os.path.join(input_dir, rel)
             with Image.open(full) as im:
                 size = im.size
+            if min(size) < config.data.image_size:
+                small.append(f"{rel} ({size[0]}x{size[1]})")
             amap = _resize_map(out["map"][j], size)
             stem = os.path.join(output_dir, os.path.splitext(rel)[0])
             os.makedirs(os.path.dirname(stem), exist_ok=True)
@@ -114,6 +139,14 @@ def _predict_batched(
             image = sources.read_image(full, config.data.channels)
             viz.save_png(stem + ".png", viz.side_by_side(image, amap))
             rows.append((rel, float(out["image_score"][j])))
+    if small:
+        writers.logger.warning(
+            "%d image(s) smaller than the model's %d px input were upsampled to it, so their "
+            "maps are coarser than the image: %s",
+            len(small),
+            config.data.image_size,
+            ", ".join(small[:5]) + (", ..." if len(small) > 5 else ""),
+        )
     return rows
 
 
@@ -124,20 +157,19 @@ def _resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    if len(argv) > 1:
+        cli.die(PROG, f"unexpected arguments {argv[1:]}; use --workdir, --input and --output.")
     if not (_WORKDIR.value and _INPUT.value and _OUTPUT.value):
-        print("jaxad.predict: error: --workdir, --input and --output are needed.", file=sys.stderr)
-        sys.exit(2)
+        cli.die(PROG, "--workdir, --input and --output are needed.")
     from jaxad import writers
 
     writers.setup_logging()
     try:
         path = predict(_WORKDIR.value, _INPUT.value, _OUTPUT.value, _BATCH.value)
     except (OSError, ValueError) as e:
-        print(f"jaxad.predict: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        cli.die(PROG, str(e))
     writers.log_info("wrote %s", path)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, PROG))

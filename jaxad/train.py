@@ -9,7 +9,6 @@ evaluators of `config.evals` (`jaxad.evals`). Nothing here is method-specific.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import threading
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 from clu import parameter_overview
 from jax.experimental import multihost_utils
 
-from jaxad import checkpoint, evals, methods, parallel, writers
+from jaxad import checkpoint, evals, methods, parallel, run_config, writers
 from jaxad.data import pipeline
 
 
@@ -97,15 +96,14 @@ def _check_finite(metrics: dict, step: int, ckpt: checkpoint.Checkpointer) -> No
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        run_config.save(config, workdir)  # Keeps a replaced config in config_history/.
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (mode=train) or evaluates the latest checkpoint (mode=eval); returns eval metrics."""
     if config.mode not in ("train", "eval"):
         raise ValueError(f"config.mode={config.mode!r}: use 'train' or 'eval'.")
+    run_config.check(config, workdir)  # Before anything is written: a changed model stops here.
     parallel.initialize_distributed(config.distributed)
     mesh = parallel.make_mesh()
     method = methods.create(config)

@@ -4,7 +4,9 @@
 
 NAME is a folder of `data_builders/`, optionally followed by /CONFIG (the builder's default
 config otherwise). The data goes to --data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets,
-as in tfds. Running it again is a no-op: tfds keeps a version that is already prepared.
+as in tfds. Running it again is a no-op: tfds keeps a version that is already prepared. A
+missing, empty or incomplete --manual_dir ends with a one-line error naming what is missing,
+followed by the expected layout (exit code 2).
 array_record is the format that reads back without TensorFlow (tfds' default, tfrecord, needs it).
 """
 
@@ -64,6 +66,38 @@ def build(
     return builder
 
 
+def layout(cls: type[tfds.core.DatasetBuilder]) -> str:
+    """The expected manual_dir layout of a builder (its instructions from "Expected" on)."""
+    text = (cls.MANUAL_DOWNLOAD_INSTRUCTIONS or "").strip("\n")
+    start = text.find("Expected manual_dir layout")
+    return text[start:] if start >= 0 else text
+
+
+def check_manual_dir(manual_dir: str | os.PathLike, cls: type[tfds.core.DatasetBuilder]) -> None:
+    """Raises FileNotFoundError (with the expected layout) if `manual_dir` is missing or empty."""
+    path = os.path.expanduser(os.fspath(manual_dir))
+    if not os.path.isdir(path):
+        problem = "does not exist" if not os.path.exists(path) else "is not a folder"
+    elif not [n for n in os.listdir(path) if not n.startswith(".")]:
+        problem = "is empty"
+    else:
+        return
+    raise FileNotFoundError(
+        f"manual_dir {path} {problem}: download the raw files into it.\n{layout(cls)}"
+    )
+
+
+def _fail(prog: str, message: str, readme: str) -> None:
+    """Exits with code 2: a one-line error, then the expected layout the message carries."""
+    first, _, rest = message.strip().partition("\n")
+    if readme not in first:
+        first = f"{first.rstrip('.')} (see {readme})"
+    print(f"{prog}: error: {first}", file=sys.stderr)
+    if rest.strip():
+        print(rest.rstrip(), file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m jaxad.data.build", description=__doc__.split("\n\n")[0]
@@ -82,16 +116,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     try:
-        builder_class(args.name)
+        cls = builder_class(args.name)
     except ValueError as err:
         parser.error(str(err))
-    builder = build(
-        args.name,
-        args.manual_dir,
-        args.data_dir,
-        on_corrupt=args.on_corrupt,
-        num_workers=args.num_workers,
-    )
+    readme = f"data_builders/{args.name.partition('/')[0]}/README.md"
+    try:
+        check_manual_dir(args.manual_dir, cls)
+        builder = build(
+            args.name,
+            args.manual_dir,
+            args.data_dir,
+            on_corrupt=args.on_corrupt,
+            num_workers=args.num_workers,
+        )
+    except (OSError, ValueError) as err:  # A missing, malformed or unreadable raw file.
+        _fail(parser.prog, str(err), readme)
     sizes = ", ".join(f"{split} {info.num_examples}" for split, info in builder.info.splits.items())
     print(f"{builder.info.full_name} is in {builder.data_dir}: {sizes}")
 

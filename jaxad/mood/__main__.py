@@ -11,7 +11,9 @@ predict: every NIfTI volume in --input scored by the axis models (workdirs of fi
 shape and name; sample, ``<name>.txt`` holding one float.
 
 evaluate: the official metric (`jaxad.mood.metric`): average precision over the voxels (pixel) or
-the cases (sample) of all cases pooled; prints a JSON summary (also written to --out).
+the cases (sample) of all cases pooled; prints a JSON summary (also written to --out). A
+prediction that is missing, unreadable or of another shape than its label is scored as zeros, as
+the official script does, and named in a warning on stderr.
 --mode=cases makes the mean per-case AP the summary's ``score``.
 
 synth: the normal and an anomalous copy of every volume in --input, written to --output, and
@@ -35,11 +37,12 @@ import sys
 from collections.abc import Sequence
 
 EXIT_USAGE = 2
+PROG = "python -m jaxad.mood"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m jaxad.mood", description="MOOD challenge tools: predict, evaluate, synth."
+        prog=PROG, description="MOOD challenge tools: predict, evaluate, synth."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -93,8 +96,7 @@ def _predict(args: argparse.Namespace) -> None:
     if not model_dirs:
         raise ValueError("--models needs at least one workdir")
     for workdir in model_dirs:
-        if not (pathlib.Path(workdir).expanduser() / "config.json").is_file():
-            raise FileNotFoundError(f"{workdir} is not a finished run (no config.json)")
+        _check_axis_model(workdir)
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be positive, got {args.batch_size}")
     from jaxad.mood import inference  # Imported here: only predict needs JAX and the models.
@@ -106,6 +108,25 @@ def _predict(args: argparse.Namespace) -> None:
         model_dirs=model_dirs,
         batch_size=args.batch_size,
     )
+
+
+def _check_axis_model(workdir: str) -> None:
+    """A one-line error for a workdir that is not a DPA run (before any model is loaded)."""
+    path = pathlib.Path(workdir).expanduser() / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{workdir} is not a finished run (no config.json)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a jaxad run config")
+    is_dpa = isinstance(config.get("dpa"), dict) and "axis" in config["dpa"]
+    if config.get("method") and not is_dpa:
+        raise ValueError(
+            f"{workdir} is a run of method {config.get('method')!r}, not a DPA axis model: "
+            "--models takes workdirs of configs/dpa.py runs"
+        )
 
 
 def _json_safe(x):
@@ -128,6 +149,15 @@ def _evaluate(args: argparse.Namespace) -> None:
         mode=args.mode,
         skip_bad_labels=args.skip_bad_labels,
     )
+    zero = "all zeros" if args.task == "pixel" else "0"
+    for case in summary["cases"]:
+        if case["prediction"] != "ok":  # Scored as the official evaluation does, and said so.
+            status = " ".join(str(case["prediction"]).split())
+            print(
+                f"{PROG} evaluate: warning: prediction {pathlib.Path(args.pred) / case['name']} "
+                f"is {status}; scored as {zero}",
+                file=sys.stderr,
+            )
     text = json.dumps(_json_safe(summary), indent=1)
     if args.out:
         out = pathlib.Path(args.out).expanduser()

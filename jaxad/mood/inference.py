@@ -445,6 +445,8 @@ def load_axis_models(model_dirs: Sequence[str]) -> list[AxisModel]:
 def axis_model(run: Any) -> AxisModel:
     """The `AxisModel` of a loaded DPA run (`jaxad.checkpoint.Run`)."""
     config, inference = run.config, run.state
+    if "dpa" not in config:
+        raise InputError(f"{run.workdir} is a run of method {config.method!r}, not a DPA model.")
     return AxisModel(
         axis=int(config.dpa.axis),
         ae=_params(inference["ae"]),

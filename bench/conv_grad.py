@@ -68,27 +68,27 @@ PARTS = ("layers", "step", "pieces", "trace")
 # (name, batch, size, in, out, kernel, stride, dilation, padding per side).
 LAYERS = [
     # The Lesion2Void U-Net at 224 px: encoder, decoder (input = skip + upsampled), output.
-    ("unet inc/Conv_0", 8, 224, 3, 64, 3, 1, 1, 1),
-    ("unet inc/Conv_1, up4/Conv_1", 8, 224, 64, 64, 3, 1, 1, 1),
-    ("unet down1/Conv_0", 8, 112, 64, 128, 3, 1, 1, 1),
-    ("unet down1/Conv_1, up3/Conv_1", 8, 112, 128, 128, 3, 1, 1, 1),
-    ("unet down2/Conv_0", 8, 56, 128, 256, 3, 1, 1, 1),
-    ("unet down2/Conv_1, up2/Conv_1", 8, 56, 256, 256, 3, 1, 1, 1),
-    ("unet down3/Conv_0", 8, 28, 256, 512, 3, 1, 1, 1),
-    ("unet down3/Conv_1, up1/Conv_1", 8, 28, 512, 512, 3, 1, 1, 1),
-    ("unet down4/Conv_0", 8, 14, 512, 1024, 3, 1, 1, 1),
-    ("unet down4/Conv_1", 8, 14, 1024, 1024, 3, 1, 1, 1),
-    ("unet up1/Conv_0", 8, 28, 1024, 512, 3, 1, 1, 1),
-    ("unet up2/Conv_0", 8, 56, 512, 256, 3, 1, 1, 1),
-    ("unet up3/Conv_0", 8, 112, 256, 128, 3, 1, 1, 1),
-    ("unet up4/Conv_0", 8, 224, 128, 64, 3, 1, 1, 1),
+    ("unet inc/conv1", 8, 224, 3, 64, 3, 1, 1, 1),
+    ("unet inc/conv2, up4/conv2", 8, 224, 64, 64, 3, 1, 1, 1),
+    ("unet down1/conv1", 8, 112, 64, 128, 3, 1, 1, 1),
+    ("unet down1/conv2, up3/conv2", 8, 112, 128, 128, 3, 1, 1, 1),
+    ("unet down2/conv1", 8, 56, 128, 256, 3, 1, 1, 1),
+    ("unet down2/conv2, up2/conv2", 8, 56, 256, 256, 3, 1, 1, 1),
+    ("unet down3/conv1", 8, 28, 256, 512, 3, 1, 1, 1),
+    ("unet down3/conv2, up1/conv2", 8, 28, 512, 512, 3, 1, 1, 1),
+    ("unet down4/conv1", 8, 14, 512, 1024, 3, 1, 1, 1),
+    ("unet down4/conv2", 8, 14, 1024, 1024, 3, 1, 1, 1),
+    ("unet up1/conv1", 8, 28, 1024, 512, 3, 1, 1, 1),
+    ("unet up2/conv1", 8, 56, 512, 256, 3, 1, 1, 1),
+    ("unet up3/conv1", 8, 112, 256, 128, 3, 1, 1, 1),
+    ("unet up4/conv1", 8, 224, 128, 64, 3, 1, 1, 1),
     ("unet outc", 8, 224, 64, 3, 1, 1, 1, 0),
     # Its PatchGAN discriminator at 224 px.
-    ("patchgan Conv_0", 8, 224, 3, 64, 4, 2, 1, 1),
-    ("patchgan Conv_1", 8, 112, 64, 128, 4, 2, 1, 1),
-    ("patchgan Conv_2", 8, 56, 128, 256, 4, 2, 1, 1),
-    ("patchgan Conv_3", 8, 28, 256, 512, 4, 1, 1, 1),
-    ("patchgan Conv_4", 8, 27, 512, 1, 4, 1, 1, 1),
+    ("patchgan layer0", 8, 224, 3, 64, 4, 2, 1, 1),
+    ("patchgan layer1", 8, 112, 64, 128, 4, 2, 1, 1),
+    ("patchgan layer2", 8, 56, 128, 256, 4, 2, 1, 1),
+    ("patchgan layer3", 8, 28, 256, 512, 4, 1, 1, 1),
+    ("patchgan layer4", 8, 27, 512, 1, 4, 1, 1, 1),
     # The reference case.
     ("reference 3x3 128->128 at 112", 8, 112, 128, 128, 3, 1, 1, 1),
     # PICARD-style inpainter: dilated context convs, 5x5 convs.
@@ -332,9 +332,7 @@ def run_pieces(opts: dict) -> dict:
 # Profiler trace of one step, grouped by operation kind
 # ---------------------------------------------------------------------------------------------
 
-_MODULE = re.compile(
-    r"^(inc|outc|down\d|up\d|DoubleConv_\d|Conv_\d|ConvTranspose_\d|BatchNorm_\d)$"
-)
+_MODULE = re.compile(r"^(inc|outc|down\d|up\d?|conv\d?|norm\d?|layer\d)$")
 
 
 def _hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str, str]]:
@@ -354,13 +352,14 @@ def _group(opcode: str, op_name: str, shape: str, batch: int) -> tuple[str, str,
     backward = "transpose(" in op_name
     parts = op_name.split("/")
     prim = parts[-1] if parts else ""
-    mods = "/".join(p for p in parts if _MODULE.match(p))
+    mods = [p for p in parts if _MODULE.match(p)]
+    last = mods[-1] if mods else ""
     net = "unet" if "UNet" in op_name else "patchgan" if "PatchGAN" in op_name else "step"
-    if "BatchNorm" in mods:
+    if last.startswith("norm"):
         kind = "batch_norm"
-    elif "ConvTranspose" in mods:
+    elif last == "up":  # the U-Net's up-convolution
         kind = "conv_transpose"
-    elif "Conv_" in mods or "outc" in mods:
+    elif last.startswith("conv") or last == "outc":
         if prim == "conv_general_dilated":
             activation = shape.startswith(f"f32[{batch},") or shape.startswith(f"bf16[{batch},")
             kind = ("conv_input_grad" if activation else "conv_kernel_grad") if backward else "conv"

@@ -66,14 +66,14 @@ def np_block(p, x, resample):
 
 def np_autoencoder(params, x):
     e, d = params["encoder"], params["decoder"]
-    x = np_conv(x, e["stem"]["kernel"], e["stem"]["bias"], 1)
-    x = np_block(e["block"], x, None)
-    x = np_block(e["down0"], x, "down")
-    x = np_block(e["down1"], x, "down")
+    x = np_conv(x, e["from_image"]["kernel"], e["from_image"]["bias"], 1)
+    x = np_block(e["res0"], x, None)
+    x = np_block(e["res1"], x, "down")
+    x = np_block(e["res2"], x, "down")
     z = np_conv(np_lrelu(x), e["to_latent"]["kernel"], e["to_latent"]["bias"], 0)
     y = np_conv(np_lrelu(z), d["from_latent"]["kernel"], d["from_latent"]["bias"], 3)
-    y = np_block(d["up0"], y, "up")
-    y = np_block(d["up1"], y, "up")
+    y = np_block(d["res1"], y, "up")
+    y = np_block(d["res2"], y, "up")
     return z, np_conv(np_lrelu(y), d["to_image"]["kernel"], d["to_image"]["bias"], 1)
 
 
@@ -101,7 +101,7 @@ def test_autoencoder_init_statistics():
     gain2 = 2 / 1.04
     for kernel, fan_out, tol in [
         (params["encoder"]["to_latent"]["kernel"], 16 * 128, 0.01),
-        (params["encoder"]["down0"]["conv1"]["kernel"], 9 * 128, 0.01),
+        (params["encoder"]["res1"]["conv1"]["kernel"], 9 * 128, 0.01),
         (params["decoder"]["to_image"]["kernel"], 9 * 1, 0.06),  # fan_in would be 1152
     ]:
         w = np.asarray(kernel).ravel()
@@ -113,8 +113,8 @@ def test_autoencoder_init_statistics():
     assert np.abs(w).max() > 4 * math.sqrt(gain2 / 2048)
     # Biases: PyTorch's default U(+-1/sqrt(fan_in)).
     for bias, fan_in in [
-        (params["encoder"]["stem"]["bias"], 9),
-        (params["decoder"]["up0"]["conv2"]["bias"], 9 * 128),
+        (params["encoder"]["from_image"]["bias"], 9),
+        (params["decoder"]["res1"]["conv2"]["bias"], 9 * 128),
     ]:
         b = np.abs(np.asarray(bias))
         assert b.max() <= fan_in**-0.5 and b.max() > 0.7 * fan_in**-0.5

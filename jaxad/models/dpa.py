@@ -11,6 +11,10 @@ LeakyReLU(0.2).
   4x4), five residual blocks that upsample by 2 (nearest, 4 -> 128), then LeakyReLU and a 3x3
   conv to the output channels (linear).
 
+Module names sort in the original's order (`jaxad.convert.dpa` maps them onto its state dicts):
+the encoder's `from_image`, `res0`, `res1`... `to_latent`, the decoder's `from_latent`, `res1`...
+`to_image`; inside a block `conv1`, `conv2` and `skip`.
+
 Residual blocks are pre-activation: main = LReLU -> [resample] -> conv3x3 -> LReLU -> conv3x3,
 skip = [resample] (+ 1x1 conv when the widths differ), output = skip + main.
 
@@ -115,7 +119,11 @@ def _num_stages(image_size: int) -> int:
 
 
 class Encoder(nn.Module):
-    """[B, S, S, C] images (S = `image_size`) -> [B, 1, 1, latent_dim] latent codes."""
+    """[B, S, S, C] images (S = `image_size`) -> [B, 1, 1, latent_dim] latent codes.
+
+    Modules, in the original's order: `from_image` (stem conv), `res0` (residual block at S),
+    `res1`... (downsampling blocks, S -> 4), `to_latent`.
+    """
 
     nf: int = 128
     latent_dim: int = 128
@@ -129,17 +137,21 @@ class Encoder(nn.Module):
         if x.shape[1:3] != (self.image_size, self.image_size):
             raise ValueError(f"expected {self.image_size}x{self.image_size} inputs, got {x.shape}.")
         kw = dict(dtype=self.dtype, fast_conv_grad=self.fast_conv_grad)
-        x = Conv(self.nf, 3, padding=1, kernel_init=dpa_kernel_init, name="stem", **kw)(x)
-        x = PreActBlock(self.nf, name="block", **kw)(x)
-        for i in range(stages):
-            x = PreActBlock(self.nf, resample="down", name=f"down{i}", **kw)(x)
+        x = Conv(self.nf, 3, padding=1, kernel_init=dpa_kernel_init, name="from_image", **kw)(x)
+        x = PreActBlock(self.nf, name="res0", **kw)(x)
+        for i in range(1, stages + 1):
+            x = PreActBlock(self.nf, resample="down", name=f"res{i}", **kw)(x)
         return Conv(self.latent_dim, 4, kernel_init=dpa_kernel_init, name="to_latent", **kw)(
             lrelu(x)
         )
 
 
 class Decoder(nn.Module):
-    """[B, 1, 1, latent_dim] latent codes -> [B, S, S, channels] images (linear output)."""
+    """[B, 1, 1, latent_dim] latent codes -> [B, S, S, channels] images (linear output).
+
+    Modules, in the original's order: `from_latent`, `res1`... (upsampling blocks, 4 -> S),
+    `to_image`.
+    """
 
     nf: int = 128
     channels: int = 1
@@ -156,8 +168,8 @@ class Decoder(nn.Module):
         x = Conv(self.nf, 4, padding=3, kernel_init=dpa_kernel_init, name="from_latent", **kw)(
             lrelu(z)
         )
-        for i in range(stages):
-            x = PreActBlock(self.nf, resample="up", name=f"up{i}", **kw)(x)
+        for i in range(1, stages + 1):
+            x = PreActBlock(self.nf, resample="up", name=f"res{i}", **kw)(x)
         return Conv(
             self.channels, 3, padding=1, kernel_init=dpa_kernel_init, name="to_image", **kw
         )(lrelu(x))

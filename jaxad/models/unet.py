@@ -8,6 +8,10 @@ At `width=64` the channels are 64, 128, 256, 512, 1024 and, with 3 output channe
 31,043,651 parameters (batch-norm scale and bias included, running statistics excluded), as in the
 paper. Smaller widths keep the same shape for CPU demos.
 
+Modules are named as the original's (`inc`, `down1`-`down4`, `up1`-`up4`, `outc`; inside them
+`conv`, `up`, `conv1`/`norm1`/`conv2`/`norm2`), so that its state dict maps onto the parameter
+tree by a short rename table (`jaxad.convert.lesion2void`).
+
 `fast_conv_grad` is passed down to every `Conv` and `ConvTranspose` (see `jaxad.models.layers`):
 it selects how the kernel gradients are computed and changes neither the parameters nor the
 outputs.
@@ -22,7 +26,10 @@ from jaxad.models.layers import BatchNorm, Conv, ConvTranspose, max_pool_2x2
 
 
 class DoubleConv(nn.Module):
-    """(3x3 conv with bias -> batch norm -> ReLU) twice; the convs keep the spatial size."""
+    """(3x3 conv with bias -> batch norm -> ReLU) twice; the convs keep the spatial size.
+
+    Submodules `conv1`, `norm1`, `conv2`, `norm2` (the original's `double_conv.{0,1,3,4}`).
+    """
 
     features: int
     dtype: DTypeLike | None = None
@@ -30,17 +37,22 @@ class DoubleConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        for _ in range(2):
+        for i in (1, 2):
             x = Conv(
-                self.features, 3, padding=1, dtype=self.dtype, fast_conv_grad=self.fast_conv_grad
+                self.features,
+                3,
+                padding=1,
+                dtype=self.dtype,
+                fast_conv_grad=self.fast_conv_grad,
+                name=f"conv{i}",
             )(x)
-            x = BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
+            x = BatchNorm(use_running_average=not train, dtype=self.dtype, name=f"norm{i}")(x)
             x = nn.relu(x)
         return x
 
 
 class Down(nn.Module):
-    """2x2 max-pool (odd sizes are floored, as in PyTorch) then `DoubleConv`."""
+    """2x2 max-pool (odd sizes are floored, as in PyTorch) then `DoubleConv` (`conv`)."""
 
     features: int
     dtype: DTypeLike | None = None
@@ -49,9 +61,9 @@ class Down(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         x = max_pool_2x2(x)
-        return DoubleConv(self.features, dtype=self.dtype, fast_conv_grad=self.fast_conv_grad)(
-            x, train=train
-        )
+        return DoubleConv(
+            self.features, dtype=self.dtype, fast_conv_grad=self.fast_conv_grad, name="conv"
+        )(x, train=train)
 
 
 def pad_to(x: jax.Array, height: int, width: int) -> jax.Array:
@@ -65,7 +77,8 @@ def pad_to(x: jax.Array, height: int, width: int) -> jax.Array:
 
 
 class Up(nn.Module):
-    """2x upsampling by a transposed conv halving the channels, concat [skip, up], `DoubleConv`."""
+    """2x upsampling by a transposed conv halving the channels (`up`), concat [skip, up], then
+    `DoubleConv` (`conv`)."""
 
     features: int
     dtype: DTypeLike | None = None
@@ -80,12 +93,13 @@ class Up(nn.Module):
             padding=0,
             dtype=self.dtype,
             fast_conv_grad=self.fast_conv_grad,
+            name="up",
         )(x)
         x = pad_to(x, skip.shape[1], skip.shape[2])
         x = jnp.concatenate([skip, x], axis=-1)
-        return DoubleConv(self.features, dtype=self.dtype, fast_conv_grad=self.fast_conv_grad)(
-            x, train=train
-        )
+        return DoubleConv(
+            self.features, dtype=self.dtype, fast_conv_grad=self.fast_conv_grad, name="conv"
+        )(x, train=train)
 
 
 class UNet(nn.Module):

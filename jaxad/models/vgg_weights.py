@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxad.convert import files
 from jaxad.models.torch_import import (
     TORCHVISION_CONV_INDICES,
     torchvision_conv_shapes,
@@ -52,61 +53,16 @@ EXPECTED_KEYS = (
 CONVERT_HINT = "convert torchvision's weights once, see the jaxad.models.vgg_weights docstring"
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
+# The readers of `jaxad.convert.files`, with this module's hint in their errors.
+_one_line = files.one_line
 
 
-class _SafetensorsReader:
-    """Keys, shapes and tensors of a safetensors file (its header is parsed, nothing unpickled)."""
-
-    def __init__(self, path: str):
-        import safetensors
-
-        try:
-            self._handle = safetensors.safe_open(path, framework="numpy")
-        except Exception as err:  # SafetensorError: not a safetensors header
-            raise ValueError(
-                f"{path} is not a valid safetensors file ({_one_line(err)}); {CONVERT_HINT}."
-            ) from None
-        self._file = self._handle.__enter__()
-        self.keys = set(self._file.keys())
-
-    def close(self) -> None:
-        self._handle.__exit__(None, None, None)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._file.get_slice(key).get_shape())
-
-    def get(self, key: str) -> np.ndarray:
-        return self._file.get_tensor(key)
+def _SafetensorsReader(path: str) -> files.SafetensorsReader:  # noqa: N802 (a reader type)
+    return files.SafetensorsReader(path, CONVERT_HINT)
 
 
-class _NpzReader:
-    """Keys, shapes and arrays of an `.npz` archive, read with `allow_pickle=False`."""
-
-    def __init__(self, path: str):
-        try:
-            data = np.load(path, allow_pickle=False)
-        except Exception as err:
-            raise ValueError(
-                f"{path} is not a readable .npz archive ({_one_line(err)}); {CONVERT_HINT}."
-            ) from None
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path} holds a single array, not an .npz archive; {CONVERT_HINT}.")
-        self._data = data
-        self._cache: dict[str, np.ndarray] = {}
-        self.keys = set(data.files)
-
-    def close(self) -> None:
-        self._data.close()
-
-    def get(self, key: str) -> np.ndarray:
-        if key not in self._cache:
-            self._cache[key] = self._data[key]
-        return self._cache[key]
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return self.get(key).shape
+def _NpzReader(path: str) -> files.NpzReader:  # noqa: N802 (a reader type)
+    return files.NpzReader(path, CONVERT_HINT)
 
 
 def load_vgg19_imagenet(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:

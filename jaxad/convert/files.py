@@ -1,0 +1,126 @@
+"""Weight files without pickle: `.safetensors` (a JSON header and raw bytes) and `.npz`.
+
+Readers give a file's keys, each tensor's shape before reading it, and the tensors as numpy
+arrays; `.npz` archives are opened with `allow_pickle=False`, so neither format can run code.
+`write_arrays` writes either format. PyTorch's own `.pt` / `.pth` files are pickles and are never
+read: they are converted once, in a PyTorch environment, with `torch.load(..., weights_only=True)`
+and `safetensors.torch.save_file` (see the README).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+EXTENSIONS = (".safetensors", ".npz")
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (its type name when the message is empty)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+class SafetensorsReader:
+    """Keys, shapes and tensors of a safetensors file (its header is parsed, nothing unpickled).
+
+    `hint` ends the error raised for a file that is not safetensors (how to make a good one).
+    """
+
+    def __init__(self, path: str, hint: str):
+        import safetensors
+
+        try:
+            self._handle = safetensors.safe_open(path, framework="numpy")
+        except Exception as err:  # SafetensorError: not a safetensors header
+            raise ValueError(
+                f"{path} is not a valid safetensors file ({one_line(err)}); {hint}."
+            ) from None
+        self._file = self._handle.__enter__()
+        self.keys = set(self._file.keys())
+
+    def close(self) -> None:
+        self._handle.__exit__(None, None, None)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._file.get_slice(key).get_shape())
+
+    def get(self, key: str) -> np.ndarray:
+        return self._file.get_tensor(key)
+
+
+class NpzReader:
+    """Keys, shapes and arrays of an `.npz` archive, read with `allow_pickle=False`."""
+
+    def __init__(self, path: str, hint: str):
+        try:
+            data = np.load(path, allow_pickle=False)
+        except Exception as err:
+            raise ValueError(
+                f"{path} is not a readable .npz archive ({one_line(err)}); {hint}."
+            ) from None
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path} holds a single array, not an .npz archive; {hint}.")
+        self._data = data
+        self._cache: dict[str, np.ndarray] = {}
+        self.keys = set(data.files)
+
+    def close(self) -> None:
+        self._data.close()
+
+    def get(self, key: str) -> np.ndarray:
+        if key not in self._cache:
+            self._cache[key] = self._data[key]
+        return self._cache[key]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.get(key).shape
+
+
+class MappingReader:
+    """An in-memory state dict of numpy arrays, read like a file."""
+
+    def __init__(self, arrays: Mapping[str, Any]):
+        self._arrays = arrays
+        self.keys = set(arrays)
+
+    def close(self) -> None:
+        pass
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(np.shape(self._arrays[key]))
+
+    def get(self, key: str) -> np.ndarray:
+        return np.asarray(self._arrays[key])
+
+
+def open_reader(path: str | os.PathLike, hint: str) -> SafetensorsReader | NpzReader:
+    """A reader for a local `.safetensors` or `.npz` file; one-line errors end with `hint`."""
+    path = os.fspath(path)
+    if not path.endswith(EXTENSIONS):
+        raise ValueError(
+            f"{path}: unknown extension, expected .safetensors or .npz (pickle and torch files "
+            f"are never read); {hint}."
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found; {hint}.")
+    if path.endswith(".safetensors"):
+        return SafetensorsReader(path, hint)
+    return NpzReader(path, hint)
+
+
+def write_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> str:
+    """Writes {key: array} to `path` (`.safetensors` or `.npz`, by its extension)."""
+    path = os.fspath(path)
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    if path.endswith(".safetensors"):
+        import safetensors.numpy
+
+        safetensors.numpy.save_file(arrays, path)
+    elif path.endswith(".npz"):
+        np.savez(path, **arrays)
+    else:
+        raise ValueError(f"{path}: unknown extension, expected .safetensors or .npz.")
+    return path

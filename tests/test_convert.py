@@ -1,7 +1,7 @@
 """PyTorch weights <-> jaxad (`jaxad.convert`): forward parity with the originals, round trips,
 one-line errors, and run directories that the rest of jaxad reads.
 
-The fixtures in tests/parity are written by tools/make_parity_fixtures.py from the original
+The fixtures in tests/parity are written by tests/parity/make_fixtures.py from the original
 repositories (random weights at reduced widths, batch norms with non-trivial running
 statistics): `<name>.safetensors` is the state dict as the original saves it and
 `<name>.io.safetensors` its inputs and outputs (NCHW), with the widths in its metadata.

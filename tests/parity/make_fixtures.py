@@ -6,7 +6,7 @@ importing each original's model classes from a checkout given on the command lin
   git clone https://github.com/YijinHuang/Lesion2Void /tmp/orig_l2v
   git clone https://github.com/ninatu/mood_challenge /tmp/orig_mood
   git clone https://github.com/ninatu/SimCLR /tmp/orig_simclr
-  python tools/make_parity_fixtures.py --lesion2void=/tmp/orig_l2v --mood=/tmp/orig_mood \
+  python tests/parity/make_fixtures.py --lesion2void=/tmp/orig_l2v --mood=/tmp/orig_mood \
       --simclr=/tmp/orig_simclr --out=tests/parity
 
 With `--check_exported=FOLDER` it instead loads the files `python -m jaxad.convert --to=torch`

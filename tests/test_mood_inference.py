@@ -543,3 +543,71 @@ def test_readme_commands_name_existing_files():
         if "methods/dpa" in path or path.startswith("configs/dpa"):
             continue  # the training side of the feature, written separately
         assert (ROOT / path).exists(), path
+
+
+# ----------------------------------------------------------------------------- slice filter
+
+
+def test_auto_slice_filter_scales_the_training_filter_to_the_slice_area():
+    paper = inference.AxisModel(axis=0, ae=None, vgg=None)  # 4000 positive pixels at 256 px
+    auto = inference.Options()
+    # MOOD's brain (256^3) and abdominal (512^3) volumes: the submission's fixed 4000.
+    assert inference.threshold(paper, (256, 256, 256), auto) == 4000
+    assert inference.threshold(paper, (512, 512, 512), auto) == 4000
+    # Smaller slices: scaled by their area; the slicing axis's own length does not count.
+    assert inference.threshold(paper, (7, 128, 128), auto) == 1000
+    along_2 = inference.AxisModel(axis=2, ae=None, vgg=None)
+    assert inference.threshold(along_2, (128, 64, 9), auto) == 500
+    # A model filtered at the volumes' own size (resize 0) keeps its own threshold.
+    native = inference.AxisModel(axis=1, ae=None, vgg=None, min_nonzero=141, train_resize=0)
+    assert inference.threshold(native, (48, 48, 48), auto) == 141
+    # An explicit setting wins for every model.
+    assert inference.threshold(native, (48, 48, 48), inference.Options(min_intensity_sum=9)) == 9
+    assert inference.threshold(paper, (4, 4, 4), inference.Options(min_intensity_sum=None)) is None
+    with pytest.raises(ValueError, match="min_intensity_sum"):
+        inference.Options(min_intensity_sum="often")
+
+
+def test_auto_slice_filter_keeps_slices_of_small_volumes_that_4000_drops():
+    # A 128^3 volume in [0, 1] with a body in the middle: no slice sums to 4000.
+    volume = body_volume((128, 128, 128), seed=3) * 0.6
+    sums = inference.slice_sums(jnp.asarray(volume), 0)
+    assert 1000 < sums.max() < 4000
+    paper = inference.AxisModel(axis=0, ae=None, vgg=None)
+    kept_4000, _ = inference.select_slices(sums, 4000.0, True)
+    limit = inference.threshold(paper, volume.shape)
+    kept_auto, _ = inference.select_slices(sums, limit, True)
+    assert kept_4000.size == 0 and kept_auto.size > 0
+
+
+def test_predict_names_each_volume_whose_slices_all_fail_the_filter(tmp_path, models, caplog):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    write_nifti(src / "faint.nii.gz", body_volume((24, 24, 24), seed=6) * 0.01)
+    options = inference.Options(cube_size=12, batch_size=4, min_intensity_sum=1e6)
+    paths = inference.list_volumes(str(src))
+    logged = []
+    with caplog.at_level("WARNING"):
+        inference.predict_files(
+            paths, str(out), models, task="sample", options=options, log=logged.append
+        )
+    assert re.search(r"faint\.nii\.gz: slices kept axis 0: 0, axis 1: 0, axis 2: 0", logged[0])
+    warnings = [r.getMessage() for r in caplog.records if "no slice along axis" in r.getMessage()]
+    assert len(warnings) == 3 and all("faint.nii.gz" in w for w in warnings)
+    assert float((out / "faint.nii.gz.txt").read_text()) == 0.0
+
+
+def test_cli_min_intensity_sum_flag(tmp_path, capsys):
+    from jaxad.mood import __main__ as cli
+
+    assert cli._min_intensity_sum("auto") == "auto"
+    assert cli._min_intensity_sum("None") is None
+    assert cli._min_intensity_sum("1000") == 1000.0
+    (tmp_path / "in").mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    argv = ["predict", "--task=sample", f"--input={tmp_path / 'in'}", f"--output={tmp_path / 'o'}"]
+    assert cli.main([*argv, f"--models={run}", "--min_intensity_sum=lots"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--min_intensity_sum='lots'" in err[0]

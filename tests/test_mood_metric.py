@@ -303,7 +303,12 @@ def test_cli_predict_calls_inference(tmp_path, monkeypatch, capsys):
     assert calls == [
         (
             (str(tmp_path / "in"), str(tmp_path / "o")),
-            {"task": "sample", "model_dirs": runs, "batch_size": 16},
+            {
+                "task": "sample",
+                "model_dirs": runs,
+                "batch_size": 16,
+                "min_intensity_sum": "auto",
+            },
         )
     ]
     assert cli.main([*argv, f"--models={runs[0]},{tmp_path / 'nope'}"]) == 2

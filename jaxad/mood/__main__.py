@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch_size", type=int, default=128, help="Slices per forward pass (the solution's 128)."
     )
+    p.add_argument(
+        "--min_intensity_sum",
+        default="auto",
+        help="Keep a slice when its intensity sum exceeds this number; 'none' keeps every slice; "
+        "'auto' (default): each axis model's training filter (data.min_nonzero), scaled down to "
+        "the slice area (the submission's 4000 on MOOD's volumes).",
+    )
 
     e = sub.add_parser("evaluate", help="The official MOOD metric of a prediction folder.")
     e.add_argument("--pred", required=True, help="Folder of predictions.")
@@ -99,6 +106,7 @@ def _predict(args: argparse.Namespace) -> None:
         _check_axis_model(workdir)
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be positive, got {args.batch_size}")
+    min_sum = _min_intensity_sum(args.min_intensity_sum)
     from jaxad.mood import inference  # Imported here: only predict needs JAX and the models.
 
     inference.predict_folder(
@@ -107,7 +115,20 @@ def _predict(args: argparse.Namespace) -> None:
         task=args.task,
         model_dirs=model_dirs,
         batch_size=args.batch_size,
+        min_intensity_sum=min_sum,
     )
+
+
+def _min_intensity_sum(value: str) -> float | str | None:
+    """--min_intensity_sum: 'auto', 'none' or a number."""
+    if value.lower() in ("auto", "none"):
+        return None if value.lower() == "none" else "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(
+            f"--min_intensity_sum={value!r}: give a number, 'none' or 'auto'"
+        ) from None
 
 
 def _check_axis_model(workdir: str) -> None:

@@ -4,6 +4,13 @@ For each NIfTI volume and each trained axis model (axis a, the slicing axis it w
 
 1. Slice selection: a slice along a is kept when the SUM of its intensities at native
    resolution exceeds 4000 (`min_intensity_sum`; it is not the training filter's pixel count).
+   The submission's 4000 is its training filter's (4000 positive pixels of a 256^2 slice), for
+   MOOD's 256^3 and 512^3 volumes. By default (`"auto"`) each axis model uses its own training
+   filter (`data.min_nonzero`), scaled down by the slice area when the volume's slices are
+   smaller than the slices it was filtered at (`data.resize`; 0: the volumes' own size, taken
+   as the same): 4000 for MOOD's volumes as in the submission, 1000 for 128^3 volumes, and the
+   model's own threshold for models trained without the resize. A fixed 4000 would drop every
+   slice of a 128^3 volume in [0, 1] (their largest sum is about 3,900).
 2. Each kept slice is resized to the model's input size (128) with Pillow's bilinear filter,
    which widens its triangle kernel when downsampling (antialiasing): `jax.image.resize(...,
    "linear", antialias=True)` computes the same, to float32 rounding. Then x -> 2x - 1.
@@ -60,6 +67,8 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 # The submission's settings (submission_data/configs/*.yaml and predict_3d.py).
 MIN_INTENSITY_SUM = 4000.0
+TRAIN_RESIZE = 256  # the side of the slices the submission's training filter counted on
+AUTO = "auto"  # `Options.min_intensity_sum`: each model's own training filter (see above)
 CUBE_SIZE = 128
 BATCH_SIZE = 128
 SCALE = 100.0
@@ -82,6 +91,10 @@ class AxisModel:
     image_size: int = 128
     name: str = ""
     vgg_width: int = 64  # `VGG19Features.width`: 64 is VGG19 (smaller only in CPU demos)
+    # The training slice filter (`data.min_nonzero` positive pixels after resizing to
+    # `data.resize`, 0: no resize), from which "auto" slice selection derives its threshold.
+    min_nonzero: float = MIN_INTENSITY_SUM
+    train_resize: int = TRAIN_RESIZE
 
     def __post_init__(self):
         if self.axis not in (0, 1, 2):
@@ -102,14 +115,34 @@ class Options:
     cube_size: int = CUBE_SIZE
     batch_size: int = BATCH_SIZE
     # Keep a slice when its intensity sum exceeds this; None keeps every slice (the original's
-    # do_not_process_small_area=False).
-    min_intensity_sum: float | None = MIN_INTENSITY_SUM
+    # do_not_process_small_area=False); "auto": each model's training filter, see `threshold`.
+    min_intensity_sum: float | str | None = AUTO
     contiguous_slices: bool = True  # The original's re-insertion; see the module docstring.
     scale: float = SCALE
 
     def __post_init__(self):
         if self.cube_size < 1 or self.batch_size < 1:
             raise ValueError(f"cube_size and batch_size must be positive: {self}.")
+        if isinstance(self.min_intensity_sum, str) and self.min_intensity_sum != AUTO:
+            raise ValueError(
+                f"min_intensity_sum must be a number, None or {AUTO!r}, "
+                f"got {self.min_intensity_sum!r}."
+            )
+
+
+def threshold(model: AxisModel, shape: Sequence[int], options: Options = Options()) -> float | None:
+    """The intensity-sum threshold of `model`'s slices of a volume of `shape` (None: keep all).
+
+    "auto": the model's training filter scaled by min(1, slice area / area it was filtered
+    at), so that MOOD's 256^2 and 512^2 slices get the submission's 4000 and smaller volumes a
+    proportionally smaller threshold.
+    """
+    if options.min_intensity_sum != AUTO:
+        return options.min_intensity_sum
+    if model.train_resize <= 0:
+        return float(model.min_nonzero)
+    h, w = (n for a, n in enumerate(shape) if a != model.axis)
+    return float(model.min_nonzero) * min(1.0, h * w / model.train_resize**2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +296,8 @@ def model_errors(
     axis, size = model.axis, model.image_size
     depth = volume.shape[axis]
     sums = slice_sums(volume, axis)
-    kept, dest = select_slices(sums, options.min_intensity_sum, options.contiguous_slices)
+    limit = threshold(model, volume.shape, options)
+    kept, dest = select_slices(sums, limit, options.contiguous_slices)
     h, w = _feature_size(size, model.vgg_layer)
     errors = jnp.zeros((depth, h, w), jnp.float32)
     means = jnp.zeros((depth,), jnp.float32)
@@ -295,14 +329,23 @@ def predict_volume(
     volume: np.ndarray | jax.Array, models: Sequence[AxisModel], options: Options = Options()
 ) -> jax.Array:
     """The averaged, scaled [cube]^3 map P of one 3-D volume (on the device)."""
+    return predict_volume_counted(volume, models, options)[0]
+
+
+def predict_volume_counted(
+    volume: np.ndarray | jax.Array, models: Sequence[AxisModel], options: Options = Options()
+) -> tuple[jax.Array, list[int]]:
+    """`predict_volume` and the number of slices each model kept."""
     volume = jnp.asarray(volume, jnp.float32)
     if volume.ndim != 3:
         raise ValueError(f"expected a 3-D volume, got shape {volume.shape}.")
     cube = (options.cube_size,) * 3
     total = jnp.zeros(cube, jnp.float32)
     count = jnp.zeros(cube, jnp.float32)
+    kept = []
     for model in models:
         errors, means, n_kept = model_errors(volume, model, options)
+        kept.append(n_kept)
         if n_kept == 0:
             continue  # Nothing to reconstruct: a zero map, which Cnt does not count.
         total, count = _accumulate(
@@ -315,7 +358,7 @@ def predict_volume(
             model.image_size,
             options.cube_size,
         )
-    return combine(total, count, options.scale)
+    return combine(total, count, options.scale), kept
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,6 +434,8 @@ def predict_files(
     log: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Writes the `task` output of every volume in `paths`; returns the written paths."""
+    from jaxad import writers
+
     if task not in TASKS:
         raise ValueError(f"task must be 'pixel' or 'sample', got {task!r}.")
     if not models:
@@ -401,7 +446,7 @@ def predict_files(
     for path, image in zip(paths, images, strict=True):
         t0 = time.perf_counter()
         volume = read_volume(image)
-        p = predict_volume(volume, models, options)
+        p, kept = predict_volume_counted(volume, models, options)
         name = os.path.basename(path)
         if task == "sample":
             out = os.path.join(output_dir, name + ".txt")
@@ -411,7 +456,18 @@ def predict_files(
             write_pixel(out, np.asarray(resize_to_input(p, tuple(volume.shape))), image)
         written.append(out)
         if log:
-            log(f"{name}: {len(models)} models, {time.perf_counter() - t0:.1f} s -> {out}")
+            counts = ", ".join(f"axis {m.axis}: {n}" for m, n in zip(models, kept, strict=True))
+            log(f"{name}: slices kept {counts}; {time.perf_counter() - t0:.1f} s -> {out}")
+        for model, n in zip(models, kept, strict=True):
+            if n == 0:
+                writers.logger.warning(
+                    "%s: no slice along axis %d passes the slice filter (intensity sum > %s) of "
+                    "model %s, which adds nothing to its map; lower --min_intensity_sum.",
+                    path,
+                    model.axis,
+                    threshold(model, volume.shape, options),
+                    model.name or model.axis,
+                )
     return written
 
 
@@ -457,6 +513,8 @@ def axis_model(run: Any) -> AxisModel:
         image_size=int(config.data.image_size),
         name=str(run.workdir),
         vgg_width=int(config.model.vgg_width),
+        min_nonzero=float(config.data.get("min_nonzero", MIN_INTENSITY_SUM)),
+        train_resize=int(config.data.get("resize", TRAIN_RESIZE)),
     )
 
 
@@ -497,6 +555,7 @@ def predict_folder(
     model_dirs: Sequence[str],
     batch_size: int = BATCH_SIZE,
     contiguous_slices: bool = True,
+    min_intensity_sum: float | str | None = AUTO,
 ) -> list[str]:
     """Scores every volume in `input_dir` with the axis models in `model_dirs` (the CLI's entry).
 
@@ -511,13 +570,27 @@ def predict_folder(
     for path in paths:  # Headers before the (slow) model loading.
         check_volume(path)
     models = load_axis_models(model_dirs)
-    options = Options(batch_size=batch_size, contiguous_slices=contiguous_slices)
+    options = Options(
+        batch_size=batch_size,
+        contiguous_slices=contiguous_slices,
+        min_intensity_sum=min_intensity_sum,
+    )
     writers.log_info(
         "%d volumes, %d axis models (axes %s)",
         len(paths),
         len(models),
         ",".join(str(m.axis) for m in models),
     )
+    for model in models:
+        writers.log_info(
+            "axis %d model %s: slice filter %s",
+            model.axis,
+            model.name,
+            f"intensity sum > {options.min_intensity_sum}"
+            if options.min_intensity_sum != AUTO
+            else f"its training filter ({model.min_nonzero:g} at "
+            f"{model.train_resize or 'native'} px), scaled to the slice area",
+        )
     return predict_files(
         paths,
         output_dir,

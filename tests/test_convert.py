@@ -7,6 +7,7 @@ statistics): `<name>.safetensors` is the state dict as the original saves it and
 `<name>.io.safetensors` its inputs and outputs (NCHW), with the widths in its metadata.
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -20,14 +21,24 @@ import safetensors.numpy
 
 from configs import dpa as dpa_config
 from configs import lesion2void as l2v_config
+from configs import lesioncl as lesioncl_config
+from configs import morphaeus as morphaeus_config
+from configs import picard as picard_config
 from configs import simclr_vgg19 as simclr_config
-from jaxad import checkpoint
+from jaxad import checkpoint, methods
 from jaxad.convert import core, files, runs
 from jaxad.convert import dpa as dpa_convert
 from jaxad.convert import lesion2void as l2v_convert
+from jaxad.convert import lesioncl as lesioncl_convert
+from jaxad.convert import morphaeus as morphaeus_convert
+from jaxad.convert import picard as picard_convert
 from jaxad.convert import simclr as simclr_convert
+from jaxad.methods.lesioncl import ContrastiveNet
 from jaxad.models.dpa import Autoencoder
+from jaxad.models.morphaeus import MorphAEus
 from jaxad.models.patchgan import PatchGAN
+from jaxad.models.picard import Critic, Generator, GlobalCritic, LocalCritic
+from jaxad.models.resnet import ResNet
 from jaxad.models.unet import UNet
 from jaxad.models.vgg import SimCLRModel, VGG19Features
 
@@ -39,10 +50,13 @@ def weights_path(name: str) -> str:
     return os.path.join(PARITY, f"{name}.safetensors")
 
 
-def io_of(name: str) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """(inputs and outputs in NHWC, the constructor arguments) of a fixture."""
+def io_of(name: str) -> tuple[dict[str, np.ndarray], dict]:
+    """(inputs and outputs in NHWC, the constructor arguments: ints or tuples) of a fixture."""
     with safetensors.safe_open(os.path.join(PARITY, f"{name}.io.safetensors"), "numpy") as f:
-        meta = {k: int(v) for k, v in f.metadata().items()}
+        meta = {
+            k: tuple(int(x) for x in v.split(",")) if "," in v else int(v)
+            for k, v in f.metadata().items()
+        }
         io = {k: f.get_tensor(k) for k in f.keys()}
     return {k: v.transpose(0, 2, 3, 1) if v.ndim == 4 else v for k, v in io.items()}, meta
 
@@ -143,6 +157,131 @@ def test_simclr_model_matches_the_fork():
     assert_close(z, io["z"], "simclr projection")
 
 
+def picard_cfg(meta=None):
+    meta = meta or io_of("picard_gen")[1]
+    config = picard_config.get_config("demo")
+    config.model.width = meta["width"]
+    config.model.critic_width = meta["width"]
+    config.picard.window_size = meta["window_size"]
+    config.picard.box_size = meta["box_size"]
+    config.data.image_size = meta["window_size"]
+    config.picard.metrics = ("MCD_image", "MCD_feature")
+    return config
+
+
+def test_picard_generator_matches_the_original_with_a_hole_per_sample():
+    io, meta = io_of("picard_gen")
+    # Each sample has its own hole; the contextual attention reads the first sample's, as the
+    # original (per_sample_mask=False). Channel dropout is off (sample=False).
+    holes = io["mask"].reshape(len(io["mask"]), -1)
+    assert all((holes[0] != h).any() for h in holes[1:])
+    model = Generator(channels=meta["channels"], width=meta["width"])
+    net = network(picard_convert, "gen", picard_cfg(meta))
+    variables = read(
+        net, shapes(model, io["x"][:1], io["mask"][:1], sample=False), weights_path("picard_gen")
+    )
+    apply = jax.jit(functools.partial(model.apply, sample=False))
+    x1, x2 = apply(variables, io["x"], io["mask"])
+    assert_close(x1, io["x_stage1"], "picard coarse")
+    assert_close(x2, io["x_stage2"], "picard fine")
+
+
+def test_picard_critics_and_the_local_feature_space_match_the_original():
+    io, meta = io_of("picard_dis")
+    config = picard_cfg(meta)
+    path = weights_path("picard_dis")  # {'localD': ..., 'globalD': ...} flattened
+    cases = (
+        ("localD", LocalCritic(input_size=meta["box_size"], width=meta["width"]), "local"),
+        ("globalD", GlobalCritic(input_size=meta["window_size"], width=meta["width"]), "global"),
+    )
+    for name, critic, inputs in cases:
+        variables = read(
+            network(picard_convert, name, config), shapes(critic, io[inputs][:1]), path
+        )
+        assert_close(jax.jit(critic.apply)(variables, io[inputs]), io[f"y_{inputs}"], name)
+        if name == "localD":  # the feature space of PICARD's MCD_feature
+            features = critic.apply(variables, io["local"], method=Critic.features)
+            assert_close(features, io["local_features"], "localD features")
+
+
+def morphaeus_cfg(meta=None):
+    meta = meta or io_of("morphaeus")[1]
+    config = morphaeus_config.get_config("demo")
+    config.model.widths = meta["widths"]
+    config.data.image_size = meta["image_size"]
+    return config
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_morphaeus_prior_flow_and_warps_match_the_original(train):
+    io, meta = io_of("morphaeus")
+    suffix = "_train" if train else ""
+    # Eval: running statistics, as the original trains and scores (bn_mode 'frozen'); train:
+    # batch statistics, the original's model.train() ('train').
+    model = MorphAEus(widths=meta["widths"], bn_mode="train" if train else "frozen")
+    net = network(morphaeus_convert, "morphaeus", morphaeus_cfg(meta))
+    variables = read(net, shapes(model, io["x"][:1], train=False), weights_path("morphaeus"))
+    apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
+    x = io[f"x{suffix}"]
+    out = (
+        apply(variables, x, train=True, mutable=("batch_stats",))[0]
+        if train
+        else apply(variables, x, train=False)
+    )
+    for ours, theirs in (("prior", "prior"), ("velocity", "velocity"), ("warped", "warped"),
+                         ("reversed", "reversed")):  # fmt: skip
+        assert_close(out[ours], io[theirs + suffix], f"morphaeus {ours}{suffix}")
+    # The running statistics are not the initial (0, 1), and the warp moves the prior.
+    assert np.abs(variables["batch_stats"]["encoder"]["bn1"]["mean"]).max() > 0.01
+    assert np.abs(io[f"warped{suffix}"] - io[f"prior{suffix}"]).max() > 1e-3
+
+
+def lesioncl_cfg(meta=None):
+    meta = meta or io_of("lesioncl")[1]
+    config = lesioncl_config.get_config("demo")
+    config.model.depth = meta["depth"]
+    config.model.width = meta["width"]
+    config.model.head_hidden = meta["hidden"]
+    config.model.head_features = meta["features"]
+    return config
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_lesioncl_resnet50_and_head_match_the_original(train):
+    """LCL's ResNet-50 (a torchvision ResNet) and projection head, from its model's state dict."""
+    io, meta = io_of("lesioncl")
+    suffix = "_train" if train else ""
+    config = lesioncl_cfg(meta)
+    model = ContrastiveNet(
+        depth=meta["depth"], width=meta["width"], hidden=meta["hidden"], features=meta["features"]
+    )
+    abstract = shapes(model, io["x"][:1], train=False)
+    nets = {n.name: n for n in lesioncl_convert.networks(config)}
+    backbone = read(
+        nets["backbone"],
+        {c: abstract[c]["backbone"] for c in ("params", "batch_stats")},
+        weights_path("lesioncl"),
+    )
+    head = read(nets["head"], {"params": abstract["params"]["head"]}, weights_path("lesioncl"))
+    variables = {
+        "params": {"backbone": backbone["params"], "head": head["params"]},
+        "batch_stats": {"backbone": backbone["batch_stats"]},
+    }
+    x = io[f"x{suffix}"]
+    if train:
+        z, _ = model.apply(variables, x, train=True, mutable=("batch_stats",))
+    else:
+        z = jax.jit(model.apply, static_argnames="train")(variables, x, train=False)
+    resnet = {c: variables[c]["backbone"] for c in variables}
+    h = ResNet(depth=meta["depth"], width=meta["width"]).apply(
+        resnet, x, train=train, mutable=("batch_stats",) if train else False
+    )
+    h = h[0] if train else h
+    assert_close(h, io[f"h{suffix}"], f"lesioncl resnet50{suffix}")
+    assert_close(z, io[f"z{suffix}"], f"lesioncl head{suffix}")
+    assert np.abs(resnet["batch_stats"]["bn1"]["mean"]).max() > 0.01
+
+
 # --- round trips and errors ------------------------------------------------------------------
 
 
@@ -191,6 +330,128 @@ def test_dpa_round_trip_and_the_original_order():
     assert list(jax.tree.map(lambda x: 0, abstract["decoder"])) == [
         "from_latent", "res1", "res2", "res3", "to_image"
     ]  # fmt: skip
+
+
+def assert_same_state(back: dict, expected: dict) -> None:
+    expected = {k: v for k, v in expected.items() if not k.endswith("num_batches_tracked")}
+    assert set(back) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
+def unprefixed(state: dict, prefix: str) -> dict:
+    return {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
+
+
+def test_picard_round_trips_and_reads_the_originals_files():
+    """gen_<iter>.pt's state dict and dis_<iter>.pt's {'localD', 'globalD'} (flattened)."""
+    config = picard_cfg()
+    _, meta = io_of("picard_gen")
+    nets = runs.networks(config)
+    gen, dis = weights_path("picard_gen"), weights_path("picard_dis")
+    weights = runs.parse_weights([gen, dis], nets)
+    assert weights == {"gen": gen, "localD": dis, "globalD": dis}
+    method = methods.create(config)
+    converted, fresh = runs.convert_networks(config, weights, method)
+    assert fresh == []
+    exported = {n.name: core.to_torch(n, converted[n.name]) for n in nets}
+    assert_same_state(exported["gen"], safetensors.numpy.load_file(gen))
+    dis_state = safetensors.numpy.load_file(dis)
+    for name in ("localD", "globalD"):
+        assert_same_state(exported[name], unprefixed(dis_state, name))
+    # In the original's order: the coarse network, then the fine one.
+    assert list(exported["gen"])[:2] == [
+        "coarse_generator.conv1.conv.weight", "coarse_generator.conv1.conv.bias"
+    ]  # fmt: skip
+    assert list(exported["gen"])[-1] == "fine_generator.allconv17.conv.bias"
+    # A DataParallel generator and the critics saved alone (torch.save(localD.state_dict())).
+    wrapped = {f"module.{k}": v for k, v in safetensors.numpy.load_file(gen).items()}
+    local = unprefixed(dis_state, "localD")
+    again, fresh = runs.convert_networks(config, {"gen": wrapped, "localD": local}, method)
+    assert fresh == ["globalD"]
+    for name in ("gen", "localD"):
+        jax.tree.map(np.testing.assert_array_equal, again[name], converted[name])
+    # MCD_feature scores with the local critic: it is required then, and not otherwise.
+    with pytest.raises(ValueError, match="no weights for localD"):
+        runs.convert_networks(config, {"gen": gen}, method)
+    config.picard.metrics = ("MCD_image",)
+    assert runs.convert_networks(config, {"gen": gen}, method)[1] == ["localD", "globalD"]
+
+
+def test_picard_run_directory_inpaints_as_the_original(tmp_path):
+    config = picard_cfg()
+    io, meta = io_of("picard_gen")
+    weights = {"gen": weights_path("picard_gen"), "localD": weights_path("picard_dis")}
+    workdir = runs.import_run(config, tmp_path / "run", weights, data_state=False)
+    run = checkpoint.load_run(workdir)
+    model = Generator(channels=meta["channels"], width=meta["width"])
+    _, x2 = model.apply(run.state["g"], io["x"], io["mask"], sample=False)
+    assert_close(x2, io["x_stage2"], "picard fine from the run")
+    paths = runs.export_run(workdir, tmp_path / "out")
+    assert sorted(os.path.basename(p) for p in paths) == [
+        "gen.safetensors", "globalD.safetensors", "localD.safetensors"
+    ]  # fmt: skip
+
+
+def test_morphaeus_round_trip_writes_the_deformers_grids():
+    """best_model.pt's {'model_weights': state dict} (flattened): strict, grids included."""
+    config = morphaeus_cfg()
+    torch_state = unprefixed(
+        safetensors.numpy.load_file(weights_path("morphaeus")), "model_weights"
+    )
+    net = network(morphaeus_convert, "morphaeus", config)
+    abstract = core.variables_of(net, runs.fresh_state(config))
+    variables = core.from_state_dict(net, torch_state, abstract)
+    back = core.to_torch(net, variables)
+    assert_same_state(back, torch_state)  # grids included: load_state_dict(strict=True) works
+    assert list(back)[:2] == ["encoder.conv__encode_0.weight", "encoder.conv__encode_0.bias"]
+    assert list(back)[-3:] == ["deformer.flow.bias", *morphaeus_convert.GRIDS]
+    # The grids are not needed, but ones of another image size are an error.
+    config.data.image_size = 64
+    wide = network(morphaeus_convert, "morphaeus", config)
+    grid, shapes_ = morphaeus_convert.GRIDS[0], ("(1, 2, 32, 32)", "(1, 2, 64, 64)")
+    one_line_error(wide, torch_state, abstract, grid, *shapes_, "data.image_size")
+    no_grids = {k: v for k, v in torch_state.items() if not k.endswith(".grid")}
+    core.from_state_dict(wide, no_grids, abstract)
+    # The plain autoencoder ("MorphAEus-woPLM", the original's ConvAutoEncoder) has no deformer.
+    config.morphaeus.deform = False
+    plain = network(morphaeus_convert, "morphaeus", config)
+    ae = {k: v for k, v in torch_state.items() if not k.startswith("deformer.")}
+    abstract = core.variables_of(plain, runs.fresh_state(config))
+    assert_same_state(core.to_torch(plain, core.from_state_dict(plain, ae, abstract)), ae)
+    one_line_error(plain, torch_state, abstract, "unexpected key deformer.")
+
+
+def test_morphaeus_run_directory_scores_as_the_original(tmp_path):
+    config = morphaeus_cfg()
+    io, meta = io_of("morphaeus")
+    weights = runs.parse_weights([weights_path("morphaeus")], runs.networks(config))
+    workdir = runs.import_run(config, tmp_path / "run", weights, data_state=False)
+    run = checkpoint.load_run(workdir)
+    model = MorphAEus(widths=meta["widths"], bn_mode=config.morphaeus.bn_mode)
+    out = model.apply(run.state["net"], io["x"], train=False)
+    assert_close(out["warped"], io["warped"], "morphaeus warped prior from the run")
+    (path,) = runs.export_run(workdir, tmp_path / "out")
+    original = unprefixed(safetensors.numpy.load_file(weights_path("morphaeus")), "model_weights")
+    assert_same_state(safetensors.numpy.load_file(path), original)
+
+
+def test_lesioncl_model_state_dict_round_trips_through_a_run(tmp_path):
+    """The state dict of LCL's ContrastiveModel (`net.*`, `head.*`) feeds both networks."""
+    config = lesioncl_cfg()
+    path = weights_path("lesioncl")
+    weights = runs.parse_weights([path], runs.networks(config))
+    assert weights == {"backbone": path, "head": path}
+    workdir = runs.import_run(config, tmp_path / "run", weights, data_state=False)
+    paths = runs.export_run(workdir, tmp_path / "out")
+    assert sorted(os.path.basename(p) for p in paths) == [
+        "backbone.safetensors",
+        "head.safetensors",
+    ]
+    original = safetensors.numpy.load_file(path)
+    for name, prefix in (("backbone", "net"), ("head", "head")):
+        exported = safetensors.numpy.load_file(str(tmp_path / "out" / f"{name}.safetensors"))
+        assert_same_state(exported, unprefixed(original, prefix))
 
 
 @pytest.fixture(scope="module")
@@ -357,9 +618,7 @@ def test_cli_converts_and_reports_errors_in_one_line(tmp_path):
 
 def test_lesioncl_backbone_and_dr_grading_resnet_convert_both_ways(tmp_path):
     from configs import dr_grading as grading_config
-    from configs import lesioncl as lesioncl_config
     from jaxad.models import resnet_weights
-    from jaxad.models.resnet import ResNet
 
     config = lesioncl_config.get_config("demo")
     depth, width = int(config.model.depth), int(config.model.width)
@@ -374,7 +633,8 @@ def test_lesioncl_backbone_and_dr_grading_resnet_convert_both_ways(tmp_path):
         got = run.state["net"][collection]["backbone"]
         want = {k: v for k, v in variables[collection].items() if k != "fc"}
         jax.tree.map(np.testing.assert_array_equal, jax.device_get(got), want)
-    (out,) = runs.export_run(workdir, tmp_path / "lcl_out")
+    out, head = runs.export_run(workdir, tmp_path / "lcl_out")
+    assert os.path.basename(head) == "head.safetensors"  # fresh: the released file has none
     exported = safetensors.numpy.load_file(out)
     assert set(exported) == {k for k in torch_state if not k.startswith("fc.")}  # fc ignored
     for key, value in exported.items():

@@ -9,9 +9,10 @@ Into jaxad (a run directory that predict, eval, the MOOD CLI, init_from and trai
 
 `--weights=[NAME=]PATH` (repeatable): a `.safetensors` or `.npz` file with the original's key
 names; NAME is one of the method's networks (lesion2void: unet, patchgan; dpa: enc, dec, vgg19;
-simclr: simclr; lesioncl: backbone; dr_grading: resnet). Without NAME, the file the original
-saves for the method. The config (with any
-`--config.key=value` overrides) must give the networks the widths of the files.
+simclr: simclr; picard: gen, localD, globalD; morphaeus: morphaeus; lesioncl: backbone, head;
+dr_grading: resnet). Without NAME, the file the original saves for the method (every network
+it holds). The config (with any `--config.key=value` overrides) must give the networks the
+widths of the files.
 
 Back to PyTorch (one file per network, with the original's key names):
 

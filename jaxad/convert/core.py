@@ -10,7 +10,10 @@ flipped <-> (in, out, kh, kw), Linear kernels [in, out] <-> [out, in].
 Reading is strict, as PyTorch's `load_state_dict(strict=True)`: every key the network needs must
 be in the file with the shape the config gives, and every key of the file must be used, except
 `num_batches_tracked` (PyTorch's batch-norm step counter, which jaxad does not keep) and what
-the network declares it ignores (`ignore`, e.g. a SimCLR head next to the VGG19 the DPA takes).
+the network declares it ignores (`ignore`, e.g. a SimCLR head next to the VGG19 the DPA takes)
+or holds as constants (`constants`: buffers the original computes from its constructor
+arguments, such as MorphAEus's sampling grids, which exports write so that the original's
+strict loading finds them).
 Each mismatch is a `ConversionError`, one line naming the network, the key, the file and both
 shapes. A DataParallel `module.` prefix is removed, and a file holding several networks (the
 DPA's `enc` / `dec`, flattened to `enc.<key>`) is read under the network's `prefix`.
@@ -56,6 +59,9 @@ class Network:
     required: False when the original does not save it (a fresh one is then logged).
     ignore: a regex of the original's keys the network has no use for.
     aliases: rewrites another naming of the same tensors (e.g. torchvision's) to `table`'s.
+    constants: {the original's key: array} of buffers that are no variables of jaxad's (fixed
+        by the config); written after the variables on export, not needed on import (a file
+        that holds one must give it that shape).
     """
 
     name: str
@@ -67,6 +73,7 @@ class Network:
     required: bool = True
     ignore: str = ""
     aliases: Callable[[str], str] | None = None
+    constants: Callable[[], Mapping[str, np.ndarray]] | None = None
 
 
 def get_path(tree: Any, path: tuple[str, ...]) -> Any:
@@ -157,6 +164,8 @@ def to_torch(net: Network, variables: Mapping[str, Any]) -> dict[str, np.ndarray
     for key, (collection, path, kind, _) in layout(net, variables).items():
         value = np.asarray(traverse_util.flatten_dict(dict(variables[collection]))[path])
         out[key] = np.ascontiguousarray(to_torch_layout(value, kind), np.float32)
+    if net.constants is not None:
+        out.update({k: np.ascontiguousarray(v) for k, v in net.constants().items()})
     return out
 
 
@@ -216,11 +225,19 @@ def from_torch(net: Network, reader: Any, abstract: Mapping[str, Any], source: s
             )
         value = from_torch_layout(np.asarray(value, np.float32), kind)
         flat[collection][path] = np.ascontiguousarray(value)
+    constants = dict(net.constants()) if net.constants is not None else {}
+    for key, value in constants.items():  # not needed, but a present one must fit the config
+        if key in present and tuple(reader.shape(present[key])) != value.shape:
+            raise ConversionError(
+                f"{net.name}: {key} in {source} has shape {tuple(reader.shape(present[key]))}, "
+                f"jaxad expects {value.shape} from {where}."
+            )
     ignore = re.compile(net.ignore) if net.ignore else None
     unexpected = [
         k
         for k in sorted(present)
         if k not in expected
+        and k not in constants
         and not k.endswith("num_batches_tracked")
         and not (ignore and ignore.search(k))
     ]

@@ -1,11 +1,16 @@
-"""Lesion-based contrastive learning's backbone as torchvision names it.
+"""Lesion-based contrastive learning's networks as LCL's code (and torchvision) names them.
 
 - `backbone`: torchvision's ResNet (`model.depth`, `model.width`), the state dict LCL releases
-  (`resnet50_128_08.pt`: `conv1.weight`, `bn1.*`, `layer<s>.<b>.*`, no `fc`) or torchvision's
-  ImageNet one (whose `fc` is ignored). Names map as `jaxad.models.resnet_weights` maps them.
+  (`resnet50_128_08.pt`: `conv1.weight`, `bn1.*`, `layer<s>.<b>.*`, no `fc`), torchvision's
+  ImageNet one (whose `fc` is ignored), or the `net.*` part of the state dict of LCL's own
+  `ContrastiveModel` (which it pickles whole: `torch.save(model, ...)`; its unused 1000-way
+  `net.fc` is ignored). Names map as `jaxad.models.resnet_weights` maps them. Required.
+- `head`: the projection head, `head.0` and `head.2` (Linear) of that state dict (`model.hidden`,
+  `model.head_features`). The released backbone has none: a run then starts with a fresh one
+  (logged), which only contrastive training uses.
 
-The projection head is not in LCL's released backbone: a converted run starts with a fresh one
-(logged), which only contrastive training uses; exported files hold the backbone only.
+A file of the whole model feeds both (`--weights=FILE`); exported files hold each alone, as
+`model.net` and `model.head` load them.
 """
 
 from __future__ import annotations
@@ -41,11 +46,6 @@ def resnet_table(depth: int, width: int, prefix: str = "") -> dict[str, str]:
     return {"/".join((prefix, *names[n]) if prefix else names[n]): n for n in order}
 
 
-def not_converted(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    del config
-    return ("head (the projection head, not part of LCL's released backbone)",)
-
-
 def networks(config: ml_collections.ConfigDict) -> tuple[Network, ...]:
     depth, width = int(config.model.depth), int(config.model.width)
     return (
@@ -57,6 +57,15 @@ def networks(config: ml_collections.ConfigDict) -> tuple[Network, ...]:
             },
             table=resnet_table(depth, width),
             widths="model.depth, model.width",
+            prefix="net",
             ignore=r"^fc\.",
+        ),
+        Network(
+            name="head",
+            where={"params": ("net", "params", "head")},
+            table={"dense1": "0", "dense2": "2"},
+            widths="model.head_hidden, model.head_features",
+            prefix="head",
+            required=False,
         ),
     )

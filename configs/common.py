@@ -113,6 +113,10 @@ def data_config() -> ml_collections.ConfigDict:
     # field of view ('ones', 'eyeq': EyeQ's fitted circle per image, 'circle').
     d.val_fraction = 0.1
     d.fov = "ones"
+    # Folder data are verified before training (decodable, a mask the image's size, a shorter
+    # side at least a quarter of the model's input); a bad file stops the run naming every bad
+    # file ('fail') or is left out and counted ('skip'), as the dataset builders' --on_corrupt.
+    d.on_corrupt = "fail"
     # NIfTI volumes (name='nifti_folder', demo='brain'): slices along `axis` (an int, or a
     # comma-separated list read as one dataset), area-resized to `resize` (0: own size), kept
     # with at least `min_nonzero` positive pixels (when `filter`); volumes hashed into
@@ -123,6 +127,11 @@ def data_config() -> ml_collections.ConfigDict:
     d.filter = True
     d.split_seed = 0
     d.dtype = "float16"
+    # Each volume is decoded once per machine: its prepared slices are cached next to the slice
+    # index ($JAXAD_DATA_DIR/nifti_index or ~/.cache/jaxad/nifti_index), at most nifti_cache_gb
+    # GB (least recently used first out); False reads the volumes for every record.
+    d.nifti_cache = True
+    d.nifti_cache_gb = 50.0
     # Images: resized to image_size (or random crops of crop_size at their own resolution for
     # training, redrawn while their maximum is below crop_min_max), normalised per channel.
     d.image_size = 224

@@ -3,7 +3,15 @@
 Resume order (as in big_vision): (1) the latest checkpoint in `workdir/checkpoints`, if any;
 (2) otherwise a fresh state. A checkpoint holds three items: `state` (the method's pytree,
 restored onto the same shardings), `data` (each process's grain iterator state) and `meta`
-(step and config, JSON). Saves are asynchronous; `close()` waits for them.
+(step and config, JSON). Saves are asynchronous; `check()` (called after every step) raises
+as soon as one has failed, and `close()` waits for them.
+
+Damaged files are not fatal while an older checkpoint is good: `restore` tries the steps newest
+first, warns in one line about each one that does not restore, and takes the newest that does.
+Nothing is deleted; a training run that resumes from an older step renames the newer, unreadable
+ones to `<step>.unreadable` so that it can save those steps again. A save that fails (a full
+disk) raises `CheckpointError` at once, naming the step directory and the cause; the earlier
+checkpoints are left as they were.
 
 A finished run is read in one place, `load_run` (its config, method and best or latest state),
 by prediction, the MOOD inference and `apply_init_from`, which starts a fresh run from other
@@ -13,8 +21,14 @@ runs' weights (`config.init_from.workdir` and the method's `init_runs`).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import logging
 import os
+import re
+import sys
+import traceback
+import warnings
 from typing import Any
 
 import grain
@@ -29,6 +43,119 @@ from jaxad import methods, parallel, writers
 # Where each kind of saved state lives under a workdir: the loop's latest checkpoints and the
 # best validated state (kept when `config.validation` is on).
 FOLDERS = {"latest": "checkpoints", "best": "best"}
+
+# What each item of a checkpoint holds, for the messages about one that does not restore.
+_ITEMS = {"meta": "step and metadata", "data": "data-iterator state", "state": "training state"}
+
+
+class CheckpointError(OSError):
+    """A checkpoint that could not be saved or restored; the message is one line naming it."""
+
+
+def cause(error: BaseException) -> str:
+    """One line saying why `error` happened, from the innermost exception of its chain.
+
+    An OS error gives the system's own words, e.g. `No space left on device (errno 28)`, also
+    when TensorStore wraps it in a message ending in `[os_error_code='28']`; TensorStore's
+    specs (`[tensorstore_spec=...]`, hundreds of characters) are left out.
+    """
+    chain = [error]
+    while True:
+        last = chain[-1]
+        nxt = last.__cause__ or (None if last.__suppress_context__ else last.__context__)
+        if nxt is None or nxt in chain:
+            break
+        chain.append(nxt)
+    for e in reversed(chain):
+        if isinstance(e, OSError) and e.strerror:
+            where = f": {e.filename}" if e.filename else ""
+            return f"{e.strerror} (errno {e.errno}){where}"
+        code = re.search(r"os_error_code='?(\d+)", str(e))
+        if code:
+            return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
+    inner = chain[-1]
+    text = str(inner).split(" [tensorstore_spec", 1)[0]
+    first = " ".join(text.split("\n", 1)[0].split())
+    if len(first) > 500:
+        first = first[:497] + "..."
+    return f"{type(inner).__name__}: {first}" if first else type(inner).__name__
+
+
+class _QuietOrbaxErrors(logging.Filter):
+    """Drops Orbax's own error logs (tracebacks from its save threads, one per thread).
+
+    Every failure they describe reaches the Checkpointer as an exception, which reports it in
+    one line; warnings still pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname
+        return not (from_orbax and record.levelno >= logging.ERROR)
+
+
+def _quiet_orbax_errors() -> None:
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _QuietOrbaxErrors) for f in absl_logger.filters):
+        absl_logger.addFilter(_QuietOrbaxErrors())
+
+
+class _NeverRetrieved(logging.Filter):
+    """Drops asyncio's `Task exception was never retrieved` about checkpoint reads or writes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "exception was never retrieved" not in record.getMessage() or not record.exc_info:
+            return True
+        exc = record.exc_info[1]
+        frames = traceback.extract_tb(exc.__traceback__) if exc is not None else []
+        from_orbax = any(f"{os.sep}orbax{os.sep}" in f.filename for f in frames)
+        return not (from_orbax or "tensorstore" in str(exc))
+
+
+def _abandoned_io(unraisable: Any) -> bool:
+    """Whether an unraisable exception is the echo of a checkpoint read or write given up on."""
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return True
+    code = getattr(unraisable.object, "cr_code", None)
+    return inspect.iscoroutine(unraisable.object) and f"{os.sep}orbax{os.sep}" in str(
+        code.co_filename if code else ""
+    )
+
+
+def _quiet_abandoned_io() -> None:
+    """Silences the echoes of a checkpoint that fails to restore or save half-way.
+
+    Orbax reads (and writes) a checkpoint's arrays concurrently and gives up at the first
+    error; the operations still in flight end later, into a closed event loop, and Python
+    reports each of them (`Event loop is closed`, `Task exception was never retrieved`, a
+    coroutine never awaited): hundreds of tracebacks about the one damaged file or full disk
+    that the Checkpointer reports in one line.
+    """
+    if getattr(sys.unraisablehook, "quiets_abandoned_io", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _abandoned_io(unraisable):
+            previous(unraisable)
+
+    hook.quiets_abandoned_io = True
+    sys.unraisablehook = hook
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _NeverRetrieved) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_NeverRetrieved())
+    warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+
+
+def _empty_files(directory: str) -> list[str]:
+    """The empty files under `directory` (relative paths): a checkpoint writes none."""
+    out = []
+    for root, _, files in os.walk(directory):
+        for f in sorted(files):
+            path = os.path.join(root, f)
+            if os.path.getsize(path) == 0:
+                out.append(os.path.relpath(path, os.path.dirname(directory)))
+    return out
 
 
 class Checkpointer:
@@ -49,6 +176,10 @@ class Checkpointer:
         """
         self.directory = os.path.abspath(os.path.join(workdir, name))
         self.every_steps = every_steps
+        self._saving: int | None = None  # The step of a save not yet known to have succeeded.
+        self._closed = False
+        _quiet_orbax_errors()
+        _quiet_abandoned_io()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             enable_async_checkpointing=async_save,
@@ -75,34 +206,158 @@ class Checkpointer:
         return self.every_steps > 0 and step % self.every_steps == 0
 
     def save(self, step: int, state: Any, data_iter: Any | None, meta: dict) -> None:
+        """Starts saving `step` (in the background when asynchronous).
+
+        Raises:
+          CheckpointError: this save, or the previous one, failed (one line: step directory
+            and cause).
+        """
+        self.wait()  # Orbax waits for the previous save anyway; its failure is named here.
         items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self._saving = step
+        try:
+            self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        except Exception as e:
+            raise self._save_error(e) from e
 
-    def restore(self, state_like: Any, data_iter: Any | None = None, step: int | None = None):
-        """Restores (state, meta) at `step` (default latest) onto `state_like`'s shardings.
+    def check(self) -> None:
+        """Raises CheckpointError if the last save has finished and failed; never waits.
 
-        `data_iter`, when given, is moved to the saved position in place.
+        Called after every training step, so that a failed background save stops the run at
+        once instead of at the next checkpoint.
         """
-        step = self.latest_step() if step is None else step
-        if step is None:
+        if self._saving is not None and not self._manager.is_saving_in_progress():
+            self.wait()
+
+    def _save_error(self, error: Exception) -> CheckpointError:
+        step, self._saving = self._saving, None
+        where = self.directory if step is None else os.path.join(self.directory, str(step))
+        good = [s for s in self._manager.all_steps() if s != step]
+        kept = (
+            f"the last good checkpoint (step {max(good)}) is intact"
+            if good
+            else "no earlier checkpoint was saved"
+        )
+        what = "a checkpoint" if step is None else f"the checkpoint of step {step}"
+        return CheckpointError(
+            f"could not save {what} to {where}: {cause(error)}; training stopped and {kept}. "
+            "Fix the cause (e.g. free disk space) and rerun the same command to resume."
+        )
+
+    def restore(
+        self,
+        state_like: Any,
+        data_iter: Any | None = None,
+        step: int | None = None,
+        *,
+        set_aside: bool = False,
+    ):
+        """Restores (state, meta) at `step` (default: the newest that restores).
+
+        The state is restored onto `state_like`'s shardings; `data_iter`, when given, is moved
+        to the saved position in place. Without `step`, a checkpoint that does not restore is
+        reported in one warning line and the next older one is tried; with `set_aside` (a
+        training run, which will save those steps again), the newer unreadable ones are
+        renamed `<step>.unreadable`. Nothing is deleted.
+
+        Raises:
+          CheckpointError: no checkpoint restores (one line naming the folder and what to do).
+        """
+        steps = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
+        if not steps:
             raise FileNotFoundError(
                 f"no checkpoint in {self.directory}; train first (mode=train) with this workdir."
             )
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-        items = dict(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-        if data_iter is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        failed: list[tuple[int, str]] = []
+        for candidate in steps:
+            try:
+                restored = self._restore_step(candidate, abstract, data_iter)
+            except Exception as e:  # Any damage: a truncated file, a missing one, bad JSON.
+                why = str(e) if isinstance(e, CheckpointError) else cause(e)
+                failed.append((candidate, why))
+                if step is None:
+                    writers.logger.warning(
+                        "checkpoint %s does not restore (%s); trying the one before.",
+                        os.path.join(self.directory, str(candidate)),
+                        why,
+                    )
+                continue
+            if failed and set_aside:
+                self._set_aside([s for s, _ in failed])
+            return restored
+        newest, why = failed[0]
+        if step is not None:
+            raise CheckpointError(
+                f"checkpoint {os.path.join(self.directory, str(newest))} does not restore: {why}."
+            )
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} restores (step {newest}: {why}); to start over, "
+            f"move that folder away (e.g. mv {self.directory} {self.directory}.unreadable) and "
+            "rerun."
+        )
+
+    def _restore_step(self, step: int, abstract: Any, data_iter: Any | None):
+        """(state, meta) of `step`; each item is read alone, so an error names the item."""
+        args = {"meta": ocp.args.JsonRestore(), "state": ocp.args.StandardRestore(abstract)}
+        if data_iter is not None and os.path.isdir(os.path.join(self.directory, str(step), "data")):
+            args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        elif data_iter is not None:  # Saved without a data position (`jaxad.convert`'s step 0).
+            writers.log_info(
+                "checkpoint %s holds no data position: the training data starts from the "
+                "beginning of its order.",
+                os.path.join(self.directory, str(step)),
+            )
+        restored = {}
+        for name in ("meta", "data", "state"):
+            if name not in args:
+                continue
+            try:
+                item = self._manager.restore(step, args=ocp.args.Composite(**{name: args[name]}))
+            except Exception as e:
+                empty = _empty_files(os.path.join(self.directory, str(step), name))
+                found = f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty; "
+                found = found if empty else ""
+                raise CheckpointError(f"its {_ITEMS[name]} ({name}/): {found}{cause(e)}") from e
+            restored[name] = item[name]
+        if not isinstance(restored["meta"], dict) or "step" not in restored["meta"]:
+            raise CheckpointError(f"its {_ITEMS['meta']} (meta/) has no step")
         return restored["state"], restored["meta"]
 
+    def _set_aside(self, steps: list[int]) -> None:
+        """Renames unreadable step folders to `<step>.unreadable` (process 0; all wait)."""
+        if jax.process_index() == 0:
+            for step in steps:
+                path = os.path.join(self.directory, str(step))
+                target, n = f"{path}.unreadable", 1
+                while os.path.exists(target):
+                    n += 1
+                    target = f"{path}.unreadable-{n}"
+                os.rename(path, target)
+                writers.logger.warning("kept the unreadable checkpoint as %s", target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("jaxad_checkpoint_set_aside")
+        self._manager.reload()
+
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        """Waits for a save in progress; raises CheckpointError if it failed."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise self._save_error(e) from e
+        self._saving = None
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        """Waits for a save in progress (raising CheckpointError if it failed), then closes."""
+        if self._closed:
+            return
+        self.wait()
         self._manager.close()
+        self._closed = True
 
 
 # --- finished runs ----------------------------------------------------------------------------
@@ -154,13 +409,12 @@ def saved_step(workdir: str, source: str) -> int | None:
         ckpt.close()
 
 
-def _choose_source(workdir: str, prefer: str) -> tuple[str, int]:
-    """(source, step): the preferred kind of state if the run saved one, else the other."""
+def _sources(workdir: str, prefer: str) -> list[str]:
+    """The kinds of state the run saved, the preferred one first."""
     order = ("best", "latest") if prefer == "best" else ("latest", "best")
-    for source in order:
-        step = saved_step(workdir, source)
-        if step is not None:
-            return source, step
+    found = [source for source in order if saved_step(workdir, source) is not None]
+    if found:
+        return found
     raise FileNotFoundError(
         f"no checkpoint in {os.path.join(workdir, 'checkpoints')} or "
         f"{os.path.join(workdir, 'best')}: train first (mode=train) with this workdir."
@@ -183,7 +437,8 @@ def load_run(workdir: str | os.PathLike, prefer: str = "best", mesh: Mesh | None
     """Loads a finished run: config, method and its inference state replicated on `mesh`.
 
     `prefer='best'` takes the best validated state (`workdir/best`) when the run kept one, else
-    the latest checkpoint; `'latest'` takes the latest checkpoint, else the best state. `mesh`
+    the latest checkpoint; `'latest'` takes the latest checkpoint, else the best state (also
+    when none of the preferred kind restores). `mesh`
     defaults to every device (`parallel.make_mesh()`); a mesh of one local device
     (`parallel.make_mesh(jax.local_devices()[:1])`) lets each process read the run by itself.
     """
@@ -196,15 +451,30 @@ def load_run(workdir: str | os.PathLike, prefer: str = "best", mesh: Mesh | None
             "jaxad.main --workdir=DIR)."
         )
     config = load_config(workdir)
-    source, step = _choose_source(workdir, prefer)
+    sources = _sources(workdir, prefer)
     method = methods.create(config)
     mesh = parallel.make_mesh() if mesh is None else mesh
+    abstract = abstract_state(method, config, mesh)
+    for i, source in enumerate(sources):
+        try:
+            state, meta = _read(workdir, source, abstract)
+        except CheckpointError as e:  # No step of this kind restores: the other kind, if any.
+            if i + 1 == len(sources):
+                raise
+            writers.logger.warning("%s; taking the %s state instead.", e, sources[i + 1])
+        else:
+            step = int(meta["step"])
+            return Run(workdir, config, method, method.inference_state(state), step, source)
+
+
+def _read(workdir: str, source: str, abstract: Any) -> tuple[Any, dict]:
+    """(state, meta) of the newest step of `source` that restores (damaged newer ones are
+    skipped with a warning)."""
     ckpt = Checkpointer(workdir, every_steps=0, keep=None, async_save=False, name=FOLDERS[source])
     try:
-        state, _ = ckpt.restore(abstract_state(method, config, mesh), step=step)
+        return ckpt.restore(abstract)
     finally:
         ckpt.close()
-    return Run(workdir, config, method, method.inference_state(state), int(step), source)
 
 
 # --- starting from other runs' weights ----------------------------------------------------------

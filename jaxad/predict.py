@@ -9,10 +9,15 @@ latest checkpoint: the state its final evaluation scored), scores every image un
 (an overlay) and `OUT/scores.csv` (path, score). Runs evaluated at full resolution (an
 `anomaly_map` evaluator with `full_resolution=True`: window-based methods such as PICARD)
 score each image at its own resolution instead, one at a time, with `method.dense_map`, and
-the image score is the map's maximum. Images smaller than the model's input (`data.image_size`)
-are upsampled to it and named in a warning; at full resolution, an image smaller than the
-method's window cannot be scored and is skipped with a warning naming it (an error if no image
-can be scored).
+the image score is the map's maximum.
+
+The images are verified first (`jaxad.data.folder.check_images`): undecodable ones stop the
+run, all named at once, or are left out with a warning when the run's `data.on_corrupt` is
+'skip'; images far smaller than the model's input (under a quarter of `data.image_size`) are
+named in a warning before scoring. Images smaller than the model's input are upsampled to it
+and named in a warning; at full resolution, an image smaller than the method's window cannot be
+scored and is skipped with a warning naming it (an error if no image can be scored). Progress
+lines with an ETA follow a long run.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ def predict(workdir: str, input_dir: str, output_dir: str, batch_size: int = 0) 
     full_resolution = core.uses_full_resolution(config)
     _check_hook(run, "dense_map" if full_resolution else "score")
     src = sources.ImageListSource(input_dir, channels=config.data.channels)
+    _check_images(src, config)
     if full_resolution:
         rows = _predict_full_resolution(config, run.method, run.state, src, output_dir)
     else:
@@ -74,6 +80,39 @@ def _check_hook(run, hook: str) -> None:
         )
 
 
+def _check_images(src, config) -> None:
+    """Verifies the input images before scoring: bad files per `data.on_corrupt` (left out of
+    `src` when 'skip'), and a warning naming the images far smaller than the model's input."""
+    from jaxad import writers
+    from jaxad.data import folder
+
+    what = f"input folder {src.root}"
+    info = folder.check_images(src.paths, what=what)
+    bad = {p for p in src.paths if info[str(p)].problem()}
+    on_corrupt = getattr(config.data, "on_corrupt", "") or "fail"
+    messages = [f"{p}: {info[str(p)].problem()}" for p in sorted(bad)]
+    if not folder.apply_on_corrupt(messages, on_corrupt, what, total=len(src)):
+        src.paths = [p for p in src.paths if p not in bad]
+    min_side = folder.min_side_for(config.data.image_size)
+    tiny = [p for p in src.paths if min(info[str(p)].size) < min_side]
+    if tiny:
+        sizes = [
+            f"{p.relative_to(src.root)} ({'x'.join(map(str, info[str(p)].size))})" for p in tiny
+        ]
+        writers.logger.warning(
+            "%d image(s) far smaller than the model's %d px input (under %d px a side): their "
+            "maps and scores mean little: %s",
+            len(tiny),
+            config.data.image_size,
+            min_side,
+            ", ".join(sizes[:5]) + (", ..." if len(sizes) > 5 else ""),
+        )
+
+
+def _title(rel: str, score: float) -> str:
+    return f"{rel} | score {score:.4g}"
+
+
 def _predict_full_resolution(
     config, method, state, src, output_dir: str
 ) -> list[tuple[str, float]]:
@@ -86,7 +125,10 @@ def _predict_full_resolution(
     key = jax.random.fold_in(jax.random.key(config.seed), 2)
     window = int(getattr(method, "window", 0))  # Window-based methods cannot score less.
     rows, skipped = [], []
+    progress = writers.CountProgress("scoring images", len(src))
     for i in range(len(src)):
+        if i:
+            progress.update(i)
         rec = src[i]
         image = core.unit_image(rec, config.data.channels)
         if min(image.shape[:2]) < window:
@@ -104,8 +146,13 @@ def _predict_full_resolution(
         stem = os.path.join(output_dir, os.path.splitext(rec["id"])[0])
         os.makedirs(os.path.dirname(stem), exist_ok=True)
         np.save(stem + ".npy", amap)
-        viz.save_png(stem + ".png", viz.side_by_side(*core.downscale(image, amap)[:2]))
-        rows.append((rec["id"], float(amap.max())))
+        score = float(amap.max())
+        panel = viz.side_by_side(
+            *core.downscale(image, amap)[:2], title=_title(rec["id"], score), colorbar=True
+        )
+        viz.save_png(stem + ".png", panel)
+        rows.append((rec["id"], score))
+    writers.log_info("scored %d images in %.1f s", len(rows), progress.elapsed())
     if skipped and not rows:
         raise ValueError(
             f"every image ({len(skipped)}, e.g. {skipped[0]}) is smaller than the model's "
@@ -124,6 +171,7 @@ def _predict_batched(
 
     batches = pipeline.source_batches(src, config.data, local_batch_size=local_bs)
     rows, small = [], []
+    progress = writers.CountProgress("scoring images", len(src))
     for local, out in core.score_stream(method, state, mesh, batches, config.seed):
         for j in np.flatnonzero(local["valid"]):
             rel = str(local["id"][j])
@@ -137,8 +185,12 @@ def _predict_batched(
             os.makedirs(os.path.dirname(stem), exist_ok=True)
             np.save(stem + ".npy", amap)
             image = sources.read_image(full, config.data.channels)
-            viz.save_png(stem + ".png", viz.side_by_side(image, amap))
-            rows.append((rel, float(out["image_score"][j])))
+            score = float(out["image_score"][j])
+            panel = viz.side_by_side(image, amap, title=_title(rel, score), colorbar=True)
+            viz.save_png(stem + ".png", panel)
+            rows.append((rel, score))
+        progress.update(len(rows))
+    writers.log_info("scored %d images in %.1f s", len(rows), progress.elapsed())
     if small:
         writers.logger.warning(
             "%d image(s) smaller than the model's %d px input were upsampled to it, so their "

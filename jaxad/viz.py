@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-__all__ = ["labelled_row", "outline", "overlay", "save_png", "side_by_side"]
+__all__ = ["labelled_row", "map_range", "outline", "overlay", "save_png", "side_by_side"]
 
 _OUTLINE_RGB = (0, 255, 0)
 _GAP_RGB = (255, 255, 255)
@@ -56,6 +56,7 @@ def overlay(
     vmin: float | None = None,
     vmax: float | None = None,
     cmap: str = "jet",
+    fov: Any | None = None,
 ) -> np.ndarray:
     """Blends a colour-mapped anomaly map over an image.
 
@@ -67,18 +68,18 @@ def overlay(
         which shows where a single image is most anomalous. Pass fixed values (e.g. a threshold
         calibrated on normal images) to compare images with each other.
       cmap: name of a matplotlib colormap.
+      fov: optional [H, W] field of view (> 0.5 inside): the map is drawn inside it only, and the
+        default vmin and vmax are taken there (the border of a fundus photo is not scored).
 
     Returns:
       uint8 [H, W, 3]. A constant map (vmin == vmax) is drawn at the colormap's low end; NaNs too.
     """
     rgb = _as_rgb_uint8(image_uint8)
     amap = _as_map(anomaly_map, rgb.shape[:2])
-    finite = amap[np.isfinite(amap)]
-    if vmin is None:
-        vmin = float(finite.min()) if finite.size else 0.0
-    if vmax is None:
-        vmax = float(finite.max()) if finite.size else 0.0
-    lo, hi = float(vmin), float(vmax)
+    inside = None if fov is None else _as_map(fov, rgb.shape[:2]) > 0.5
+    default_lo, default_hi = map_range(amap, inside)
+    lo = default_lo if vmin is None else float(vmin)
+    hi = default_hi if vmax is None else float(vmax)
     if hi > lo:
         unit = np.clip((amap - lo) / (hi - lo), 0.0, 1.0)
     else:
@@ -86,7 +87,17 @@ def overlay(
     unit = np.nan_to_num(unit, nan=0.0)
     heat = matplotlib.colormaps[cmap](unit)[..., :3] * 255.0
     out = (1.0 - alpha) * rgb + alpha * heat
+    if inside is not None:
+        out = np.where(inside[..., None], out, rgb)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def map_range(anomaly_map: Any, inside: Any | None = None) -> tuple[float, float]:
+    """The finite minimum and maximum of a map (inside the boolean `inside`, if given)."""
+    amap = np.asarray(anomaly_map, dtype=np.float64)
+    keep = np.isfinite(amap) if inside is None else np.isfinite(amap) & np.asarray(inside, bool)
+    values = amap[keep]
+    return (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -111,6 +122,10 @@ def side_by_side(
     vmax: float | None = None,
     cmap: str = "jet",
     gap: int = 2,
+    fov: Any | None = None,
+    title: str = "",
+    colorbar: bool = False,
+    min_side: int = 128,
 ) -> np.ndarray:
     """One report panel: image | heatmap overlay | image with the ground-truth outline (if given).
 
@@ -121,22 +136,66 @@ def side_by_side(
       image: [H, W, C] uint8 (or float in [0, 1]) image.
       anomaly_map: [H, W] anomaly map.
       mask: optional [H, W] (or [H, W, 1]) ground truth; anomalous where > 0.5.
-      alpha, vmin, vmax, cmap: as in `overlay`.
+      alpha, vmin, vmax, cmap, fov: as in `overlay` (the map is drawn inside `fov` only).
       gap: width in pixels of the separators.
+      title: a line written above the panels (e.g. the file, its score and label).
+      colorbar: adds the colour scale, labelled with vmin and vmax, at the right.
+      min_side: with a title or colour bar, smaller images are enlarged by an integer factor
+        (nearest neighbour) until their height is at least this, which leaves room for the text.
 
     Returns:
-      uint8 [H, 2W + gap, 3], or [H, 3W + 2 gap, 3] with a mask; save it with `save_png`.
+      uint8 [H, 2W + gap, 3], or [H, 3W + 2 gap, 3] with a mask, plus the title's rows and the
+      colour bar's columns when asked for; save it with `save_png`.
     """
     rgb = _as_rgb_uint8(image)
-    panels = [rgb, overlay(rgb, anomaly_map, alpha=alpha, vmin=vmin, vmax=vmax, cmap=cmap)]
+    amap = _as_map(anomaly_map, rgb.shape[:2])
+    inside = None if fov is None else _as_map(fov, rgb.shape[:2]) > 0.5
+    lo, hi = map_range(amap, inside)
+    lo = lo if vmin is None else float(vmin)
+    hi = hi if vmax is None else float(vmax)
+    panels = [rgb, overlay(rgb, amap, alpha=alpha, vmin=lo, vmax=hi, cmap=cmap, fov=inside)]
     if mask is not None:
         panels.append(outline(rgb, mask))
-    separator = np.empty((rgb.shape[0], gap, 3), np.uint8)
+    if title or colorbar:
+        factor = max(1, -(-min_side // rgb.shape[0]))
+        panels = [np.repeat(np.repeat(p, factor, axis=0), factor, axis=1) for p in panels]
+    if colorbar:
+        panels.append(_colorbar(panels[0].shape[0], lo, hi, cmap))
+    separator = np.empty((panels[0].shape[0], gap, 3), np.uint8)
     separator[...] = _GAP_RGB
     pieces = [panels[0]]
     for panel in panels[1:]:
         pieces += [separator, panel]
-    return np.concatenate(pieces, axis=1)
+    row = np.concatenate(pieces, axis=1)
+    return _with_title(row, title) if title else row
+
+
+_TEXT_H = 14  # rows of one line of Pillow's default font, with a margin
+
+
+def _colorbar(height: int, lo: float, hi: float, cmap: str, width: int = 12) -> np.ndarray:
+    """A vertical colour scale (high at the top) with `hi` and `lo` written beside it."""
+    unit = np.linspace(1.0, 0.0, height)[:, None].repeat(width, axis=1)
+    strip = np.rint(matplotlib.colormaps[cmap](unit)[..., :3] * 255.0).astype(np.uint8)
+    labels = [f"{hi:.3g}", f"{lo:.3g}"]
+    text_w = 6 * max(len(t) for t in labels) + 4
+    bar = np.empty((height, width + text_w, 3), np.uint8)
+    bar[...] = _GAP_RGB
+    bar[:, :width] = strip
+    canvas = Image.fromarray(bar)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((width + 2, 0), labels[0], fill=(0, 0, 0))
+    draw.text((width + 2, max(0, height - _TEXT_H + 2)), labels[1], fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def _with_title(row: np.ndarray, title: str) -> np.ndarray:
+    out = np.empty((_TEXT_H + row.shape[0], row.shape[1], 3), np.uint8)
+    out[...] = _GAP_RGB
+    out[_TEXT_H:] = row
+    canvas = Image.fromarray(out)
+    ImageDraw.Draw(canvas).text((2, 1), title, fill=(0, 0, 0))
+    return np.asarray(canvas)
 
 
 def labelled_row(
@@ -156,7 +215,7 @@ def labelled_row(
     h, w = rgbs[0].shape[:2]
     factor = max(1, -(-min_side // min(h, w)))
     rgbs = [np.repeat(np.repeat(r, factor, axis=0), factor, axis=1) for r in rgbs]
-    title_h = 14
+    title_h = _TEXT_H
     row = np.empty((title_h + h * factor, len(rgbs) * (w * factor + gap) - gap, 3), np.uint8)
     row[...] = _GAP_RGB
     canvas = Image.fromarray(row)

@@ -1,4 +1,4 @@
-"""Metric writing (JSONL and TensorBoard) and the progress line, on process 0 only.
+"""Metric writing (JSONL and TensorBoard) and the progress lines, on process 0 only.
 
 `clu.metric_writers` imports TensorFlow, which jaxad does not depend on, so scalars go to a JSONL
 file (one object per step, easy to load with pandas) and to TensorBoard event files written by
@@ -64,12 +64,21 @@ def _to_float(v: Any) -> float:
 
 
 class Progress:
-    """Steps/s and ETA over the last logging window, for the progress line."""
+    """Steps/s and ETA over the last logging window, for the progress line.
+
+    The first step after a start or a resume compiles the training step, which can take longer
+    than many steps: call `started(step)` once it has run, and the rate and ETA then count step
+    times only (until the next window exists, the ETA is unknown rather than inflated).
+    """
 
     def __init__(self, total_steps: int, first_step: int):
         self.total_steps = total_steps
         self._last_step = first_step
         self._last_time = time.perf_counter()
+
+    def started(self, step: int) -> None:
+        """Marks `step` (the first after start or resume, compile included) as done."""
+        self._last_step, self._last_time = step, time.perf_counter()
 
     def update(self, step: int) -> dict[str, float]:
         now = time.perf_counter()
@@ -77,6 +86,68 @@ class Progress:
         self._last_step, self._last_time = step, now
         eta = (self.total_steps - step) / rate if rate > 0 else math.inf
         return {"steps_per_sec": rate, "eta_sec": eta}
+
+
+class CountProgress:
+    """`<what>: 120/500 (24%), ETA 0m31s` lines for a long loop over a known number of items.
+
+    A line is logged when another tenth of the items is done or `every_sec` seconds have passed
+    since the last line, but never in the first `quiet_sec` seconds (a quick loop stays silent;
+    its caller logs the total and `elapsed()`). The ETA counts from the first `update`: the
+    first item often includes a compilation, which the later ones do not repeat.
+    """
+
+    def __init__(self, what: str, total: int, *, every_sec: float = 30.0, quiet_sec: float = 5.0):
+        self.what, self.total = what, max(int(total), 0)
+        self.every_sec, self.quiet_sec = every_sec, quiet_sec
+        self.start = self._last_line = time.perf_counter()
+        self._first: tuple[int, float] | None = None
+        self._next_tenth = 1
+
+    def update(self, done: int) -> None:
+        """`done` items (of `total`) are finished."""
+        now = time.perf_counter()
+        if self._first is None:
+            self._first = (done, now)
+            return
+        tenth = 10 * done // max(self.total, 1)
+        due = tenth >= self._next_tenth or now - self._last_line >= self.every_sec
+        if not due or now - self.start < self.quiet_sec or done >= self.total:
+            return
+        self._next_tenth = tenth + 1
+        self._last_line = now
+        log_info("%s: %s", self.what, self.line(done, now))
+
+    def line(self, done: int, now: float | None = None) -> str:
+        now = time.perf_counter() if now is None else now
+        eta = math.inf
+        if self._first is not None and done > self._first[0]:
+            rate = (done - self._first[0]) / max(now - self._first[1], 1e-9)
+            eta = (self.total - done) / rate
+        pct = 100 * done / max(self.total, 1)
+        return f"{done}/{self.total} ({pct:.0f}%), ETA {_duration(eta)}"
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def timed_first_call(fn, what: str):
+    """`fn` (a jitted function), logging `compiling <what> ...` and the seconds its first call
+    (tracing and compilation) took; later calls go straight to `fn`."""
+    first = True
+
+    def call(*args, **kwargs):
+        nonlocal first
+        if not first:
+            return fn(*args, **kwargs)
+        first = False
+        log_info("compiling %s ...", what)
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        log_info("compiled %s in %.1f s", what, time.perf_counter() - start)
+        return out
+
+    return call
 
 
 def format_progress(step: int, total: int, metrics: dict[str, float], rate: float, eta: float):

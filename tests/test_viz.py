@@ -81,6 +81,32 @@ class TestSideBySide:
         assert green.sum() == 16  # perimeter of a 5 x 5 square
 
 
+class TestTitledPanel:
+    def test_title_colorbar_and_enlargement(self):
+        image = np.full((16, 20, 3), 200, np.uint8)
+        plain = viz.side_by_side(image, hot_spot_map())
+        panel = viz.side_by_side(image, hot_spot_map(), title="a.png | score 0.5", colorbar=True)
+        factor = 8  # 16 rows enlarged to at least 128
+        assert panel.shape[0] == 14 + 16 * factor
+        assert panel.shape[1] > plain.shape[1] * factor  # plus the colour bar
+        assert (panel[:14] < 100).any() and (panel[:14] == 255).any()  # black text on white
+        bar = panel[14:, 2 * (20 * factor + 2) + 2 :][:, :12]
+        assert bar[0, 0, 0] > 100 and bar[0, 0, 2] < 10  # jet's top (dark red) at the top
+        assert bar[-1, 0, 2] > 100 and bar[-1, 0, 0] < 10  # and its bottom (dark blue) below
+
+    def test_map_is_drawn_inside_the_fov_only(self):
+        image = np.full((16, 20, 3), 200, np.uint8)
+        amap = hot_spot_map()
+        amap[0, 0] = 50.0  # Outside the field of view: must not set the colour scale.
+        fov = np.zeros((16, 20))
+        fov[2:14, 2:18] = 1
+        out = viz.overlay(image, amap, alpha=1.0, fov=fov)
+        np.testing.assert_array_equal(out[0, 0], image[0, 0])  # the plain image outside
+        r, g, b = out[5, 7].astype(int)
+        assert r > 100 and g < 10 and b < 10  # the hot spot is the top of the scale inside
+        assert viz.map_range(amap, fov > 0.5) == (0.0, 1.0)
+
+
 class TestSavePng:
     def test_round_trip(self, tmp_path):
         rgb = np.random.default_rng(0).integers(0, 256, (9, 11, 3)).astype(np.uint8)

@@ -558,6 +558,10 @@ def ensure_generated(
     prefix = f".{root.name}.tmp-"
     _remove_stale_temps(root.parent, prefix)
     tmp = _fresh_dir(root.parent, prefix)
+    from jaxad import writers  # Imported here: it loads jax, which generating needs not.
+
+    writers.log_info("generating the %s demo data in %s (once) ...", version, root)
+    start = time.perf_counter()
     try:
         generate(tmp, seed=seed)
         if root.exists() and not _is_complete(root, seed):
@@ -576,4 +580,5 @@ def ensure_generated(
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    writers.log_info("generated the %s demo data in %.1f s", version, time.perf_counter() - start)
     return root

@@ -4,12 +4,23 @@
 `jaxad.data.phantom`), laid out as MVTec-AD is; `ImageListSource` reads every image under a
 folder, unlabelled, for prediction. Both yield the common record of `jaxad.data.records`, with a
 field of view computed per image when asked (`jaxad.data.fov`).
+
+`check_images` verifies files before any training (decodable, a supported pixel mode, large
+enough, a mask the size of its image), remembering each verdict by path, size and mtime so that
+a rerun only looks at new or changed files; `FolderSource(on_corrupt=...)` applies it.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
 import os
 import pathlib
+import threading
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +40,20 @@ FOLDER_LAYOUT = (
     "<root>/val/good/*, <root>/test/<type>/* (test/good is normal, any other type anomalous) and "
     "<root>/ground_truth/<type>/<stem>_mask.png"
 )
+
+
+# What `data.on_corrupt` does with a bad file (see `check_images`): stop before training naming
+# every bad file, or leave the bad files out (counted in the log and in eval/metrics.json).
+ON_CORRUPT = ("fail", "skip")
+
+# An image whose shorter side is below 1/FAR_SMALLER of the model's input is "far smaller" than
+# it: upsampled that much it holds no detail, so training refuses it (prediction warns).
+FAR_SMALLER = 4
+
+
+def min_side_for(input_size: int) -> int:
+    """The shortest side an image needs for a model input of `input_size` pixels."""
+    return max(1, int(input_size) // FAR_SMALLER)
 
 
 def _is_image(path: pathlib.Path) -> bool:
@@ -114,8 +139,11 @@ class FolderSource:
     skip it. The field of view is unknown here: ``fov`` is all ones. ``id`` is the image path
     relative to ``root`` (posix style), e.g. ``"test/crack/000.png"``.
 
-    Missing or empty folders raise at construction; an unreadable image raises `ImageReadError`
-    naming the file when that example is read.
+    Missing or empty folders raise at construction. With ``on_corrupt`` ('fail' or 'skip') every
+    image and mask of the split is verified at construction (`check_images`, with images whose
+    shorter side is below ``min_side`` counted as bad): 'fail' raises one ValueError naming the
+    bad files, 'skip' leaves them out (their ids in ``skipped``). Without it (the default), an
+    unreadable image raises `ImageReadError` naming the file when that example is read.
     """
 
     SPLITS = ("train", "validation", "test")
@@ -128,6 +156,8 @@ class FolderSource:
         channels: int,
         val_fraction: float = 0.1,
         fov: str = "ones",
+        on_corrupt: str = "",
+        min_side: int = 0,
     ):
         if split not in self.SPLITS:
             raise ValueError(f"unknown split {split!r} for folder {root}; use one of {self.SPLITS}")
@@ -168,6 +198,34 @@ class FolderSource:
                 else:
                     paths = [p for i, p in enumerate(train) if i in held_out]
             self._entries = [(p, 0, None, True) for p in paths]
+        self.skipped: list[str] = []
+        if on_corrupt:
+            self._check(on_corrupt, min_side)
+
+    def _check(self, on_corrupt: str, min_side: int) -> None:
+        images = [p for p, *_ in self._entries]
+        masks = [m for _, _, m, _ in self._entries if m is not None]
+        what = f"split {self.split!r} of {self.root}"
+        info = check_images(images + masks, what=what)
+        bad: dict[int, str] = {}
+        for i, (path, _, mask_path, _) in enumerate(self._entries):
+            image = info[str(path)]
+            problem = image.problem(min_side)
+            if not problem and mask_path is not None:
+                mask = info[str(mask_path)]
+                if mask.problem():
+                    problem = f"its mask {mask_path}: {mask.problem()}"
+                elif mask.size != image.size:
+                    problem = (
+                        f"its mask {mask_path} is {mask.size[0]}x{mask.size[1]} px, the image "
+                        f"{image.size[0]}x{image.size[1]}"
+                    )
+            if problem:
+                bad[i] = f"{path}: {problem}"
+        keep = apply_on_corrupt(list(bad.values()), on_corrupt, what, total=len(self._entries))
+        if not keep:
+            self.skipped = [self._entries[i][0].relative_to(self.root).as_posix() for i in bad]
+            self._entries = [e for i, e in enumerate(self._entries) if i not in bad]
 
     @staticmethod
     def _holdout(n: int, val_fraction: float) -> set[int]:
@@ -258,3 +316,195 @@ class ImageListSource:
         mask = np.zeros(image.shape[:2], np.uint8)
         rel = path.relative_to(self.root).as_posix()
         return record(image, mask, -1, False, rel, field_of_view(image, self.fov, path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking files before training
+# ---------------------------------------------------------------------------------------------
+
+# Pixel modes Pillow converts to greyscale or RGB (`read_image`); any other is reported.
+_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "F")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+    """What `check_images` found in one file: its size (width, height) and an error, if any."""
+
+    size: tuple[int, int] = (0, 0)
+    mode: str = ""
+    error: str = ""
+
+    def problem(self, min_side: int = 0) -> str:
+        """Why the file cannot be used ('' if it can): undecodable, odd mode or too small."""
+        if self.error:
+            return self.error
+        if self.mode not in _MODES and not self.mode.startswith("I;16"):
+            return f"pixel mode {self.mode!r} cannot be read as greyscale or RGB"
+        if min(self.size) < min_side:
+            return (
+                f"{self.size[0]}x{self.size[1]} px, far smaller than the model's input (at "
+                f"least {min_side} px a side needed)"
+            )
+        return ""
+
+
+def _inspect(path: str) -> ImageInfo:
+    """Decodes one file. PNG's own checksums find truncation and damage without decoding
+    (`verify`); JPEG, BMP and TIFF only show it when their pixels are decoded (`load`)."""
+    try:
+        with Image.open(path) as img:
+            size, mode = img.size, img.mode
+            if img.format == "PNG":
+                img.verify()
+            else:
+                img.load()
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files.
+        return ImageInfo(error=f"cannot be decoded ({type(e).__name__}: {e})")
+    if min(size) < 1:
+        return ImageInfo(size=size, mode=mode, error="has no pixels")
+    return ImageInfo(size=size, mode=mode)
+
+
+def check_cache_dir() -> pathlib.Path:
+    """`$JAXAD_DATA_DIR/image_check`, else `~/.cache/jaxad/image_check`."""
+    base = os.environ.get("JAXAD_DATA_DIR")
+    base = pathlib.Path(base) if base else pathlib.Path.home() / ".cache" / "jaxad"
+    return base / "image_check"
+
+
+# Verdicts of this process by (path, size, mtime_ns), and a lock for the cache files.
+_SEEN: dict[tuple[str, int, int], ImageInfo] = {}
+_LOCK = threading.Lock()
+
+
+def _stat_key(path: str) -> tuple[str, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (path, st.st_size, st.st_mtime_ns)
+
+
+def _cache_file(folder: str) -> pathlib.Path:
+    digest = hashlib.sha1(folder.encode()).hexdigest()[:16]
+    return check_cache_dir() / f"{digest}.json"
+
+
+def _load_cache(folder: str) -> None:
+    try:
+        entries = json.loads(_cache_file(folder).read_text())["files"]
+        for path, (size, mtime, w, h, mode, error) in entries.items():
+            _SEEN.setdefault((path, size, mtime), ImageInfo((w, h), mode, error))
+    except (OSError, ValueError, KeyError, TypeError):  # None yet, or unreadable: decode again.
+        return
+
+
+def _save_cache(folder: str, keys: list[tuple[str, int, int]]) -> None:
+    """Adds the verdicts of `keys` (files under `folder`) to its cache file, atomically."""
+    path = _cache_file(folder)
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        files = {}
+    for key in keys:
+        info = _SEEN[key]
+        files[key[0]] = [key[1], key[2], *info.size, info.mode, info.error]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(json.dumps({"folder": folder, "files": files}))
+        os.replace(tmp, path)
+    except OSError:  # A read-only home: the check still works, it is just not remembered.
+        pass
+
+
+def check_images(
+    paths: Sequence[str | os.PathLike], *, what: str = "images"
+) -> dict[str, ImageInfo]:
+    """Verifies image files; returns `ImageInfo` by path (``str(path)``).
+
+    A file is decoded once per content: each verdict is remembered by path, size and mtime in
+    this process and in a cache file per folder (`check_cache_dir`), so that a rerun only
+    decodes new or changed files. Decoding runs on a few threads, with progress lines when it
+    takes a while. Whether a file is usable, and large enough, is `ImageInfo.problem`.
+    """
+    from jaxad import writers  # Imported here: it loads jax, which reading a folder needs not.
+
+    paths = [str(p) for p in paths]
+    if not paths:
+        return {}
+    folder = os.path.commonpath([os.path.abspath(p) for p in paths])
+    keys = [_stat_key(p) for p in paths]
+    with _LOCK:
+        if any(k is not None and k not in _SEEN for k in keys):
+            _load_cache(folder)
+        todo = sorted({k for k in keys if k is not None and k not in _SEEN})
+    if todo:
+        start = time.perf_counter()
+        writers.log_info("checking %d image files of %s ...", len(todo), what)
+        progress = writers.CountProgress(f"checking {what}", len(todo))
+        workers = min(8, os.cpu_count() or 1)
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for i, info in enumerate(pool.map(_inspect, [k[0] for k in todo])):
+                _SEEN[todo[i]] = info
+                progress.update(i + 1)
+        writers.log_info(
+            "checked %d image files of %s in %.1f s", len(todo), what, time.perf_counter() - start
+        )
+        with _LOCK:
+            _save_cache(folder, sorted({k for k in keys if k is not None}))
+    return {
+        p: _SEEN[k] if k is not None else ImageInfo(error="does not exist or cannot be opened")
+        for p, k in zip(paths, keys, strict=True)
+    }
+
+
+class BadFilesError(ValueError):
+    """Image files that cannot be used (`bad`: one message per file, naming it)."""
+
+    def __init__(self, what: str, bad: list[str]):
+        self.bad = list(bad)
+        super().__init__(
+            f"{what} are bad: {_listed(self.bad)}; replace or remove them, or set "
+            "data.on_corrupt='skip' to leave them out."
+        )
+
+
+def _listed(bad: list[str]) -> str:
+    more = f"; and {len(bad) - 3} more (listed above)" if len(bad) > 3 else ""
+    return "; ".join(bad[:3]) + more
+
+
+# The files left out (under 'skip') this process has already reported.
+_REPORTED: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def apply_on_corrupt(bad: list[str], on_corrupt: str, what: str, *, total: int) -> bool:
+    """Applies `data.on_corrupt` to the `bad` files of `what` (messages naming each file).
+
+    'fail' raises one `BadFilesError` (a ValueError) naming the bad files (every one is also
+    logged); 'skip' logs them and returns False, to say they must be left out (a ValueError
+    if that leaves nothing). Returns True when none is bad.
+    """
+    if on_corrupt not in ON_CORRUPT:
+        raise ValueError(f"data.on_corrupt={on_corrupt!r}: use one of {', '.join(ON_CORRUPT)}.")
+    if not bad:
+        return True
+    from jaxad import writers
+
+    if on_corrupt == "skip" and len(bad) < total:
+        if (what, tuple(bad)) in _REPORTED:  # A source made again: said once is enough.
+            return False
+        _REPORTED.add((what, tuple(bad)))
+    for message in bad:
+        writers.logger.warning("bad image file: %s", message)
+    if on_corrupt == "fail":
+        raise BadFilesError(f"{len(bad)} of the {total} image files of {what}", bad)
+    if len(bad) == total:
+        raise ValueError(
+            f"every image file of {what} is bad ({_listed(bad)}): no image is left to read."
+        )
+    writers.log_info(
+        "leaving out %d of the %d image files of %s (data.on_corrupt='skip')", len(bad), total, what
+    )
+    return False

@@ -19,19 +19,25 @@ the demo generators, tensorflow_datasets) when it is called, so that reading a f
 loads them. The keys a factory reads, with their defaults, are declared in
 ``configs/common.py:data_config()``.
 
+Folder data (``"folder"``, ``"graded_folder"`` and the demos read as them) are verified when
+their source is made, under ``data.on_corrupt`` (`jaxad.data.folder.check_images`);
+`check_data` does it for every split a run reads, before its first training step.
+
 The classes and helpers of the source modules are re-exported here, so ``sources.FolderSource``,
 ``sources.TfdsSource``, ``sources.ImageReadError`` and the like keep working.
 """
 
 from __future__ import annotations
 
+import pathlib
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from absl import logging
 
-from jaxad.data import splits
+from jaxad.data import folder, splits
 from jaxad.data.folder import (
     FOLDER_LAYOUT,
     HOLDOUT_SEED,
@@ -80,6 +86,11 @@ __all__ = [
 Factory = Callable[[Any, str], Source]
 
 
+def _min_side(data_cfg) -> int:
+    """The shortest image side training accepts: a quarter of the model's input."""
+    return folder.min_side_for(int(getattr(data_cfg, "crop_size", 0) or data_cfg.image_size))
+
+
 def _folder_source(root: Any, data_cfg, split: str) -> FolderSource:
     return FolderSource(
         root,
@@ -87,6 +98,8 @@ def _folder_source(root: Any, data_cfg, split: str) -> FolderSource:
         channels=data_cfg.channels,
         val_fraction=data_cfg.val_fraction,
         fov=data_cfg.fov,
+        on_corrupt=getattr(data_cfg, "on_corrupt", ""),
+        min_side=_min_side(data_cfg),
     )
 
 
@@ -98,11 +111,25 @@ def _folder(data_cfg, split: str) -> FolderSource:
     return _folder_source(data_cfg.root, data_cfg, split)
 
 
-def _graded_folder_source(root: Any, data_cfg, split: str) -> GradedFolderSource:
-    return GradedFolderSource(root, split, channels=data_cfg.channels, fov=data_cfg.fov)
+def _graded_folder_source(root: Any, data_cfg, split: str) -> Source:
+    src = GradedFolderSource(root, split, channels=data_cfg.channels, fov=data_cfg.fov)
+    on_corrupt = getattr(data_cfg, "on_corrupt", "")
+    if not on_corrupt:
+        return src
+    what = f"split {split!r} of {src.root}"
+    paths = src.paths
+    info = folder.check_images(paths, what=what)
+    problems = [info[p].problem(_min_side(data_cfg)) for p in paths]
+    bad = [i for i, problem in enumerate(problems) if problem]
+    messages = [f"{paths[i]}: {problems[i]}" for i in bad]
+    if folder.apply_on_corrupt(messages, on_corrupt, what, total=len(src)):
+        return src
+    kept = SubsetSource(src, sorted(set(range(len(src))) - set(bad)))
+    kept.skipped = [pathlib.Path(paths[i]).relative_to(src.root).as_posix() for i in bad]
+    return kept
 
 
-def _graded_folder(data_cfg, split: str) -> GradedFolderSource:
+def _graded_folder(data_cfg, split: str) -> Source:
     """``"graded_folder"``: `GradedFolderSource` over ``data.root`` with ``data.channels`` and
     ``fov``."""
     if not data_cfg.root:
@@ -142,7 +169,7 @@ def _cxr_demo(data_cfg, split: str) -> FolderSource:
     return _folder_source(cxr_phantom.ensure_cxr_demo(data_cfg.root or None), data_cfg, split)
 
 
-def _dr_demo(data_cfg, split: str) -> GradedFolderSource:
+def _dr_demo(data_cfg, split: str) -> Source:
     """Fundus photos with DR grades 0-4 (`jaxad.data.dr_demo`), read as ``"graded_folder"``."""
     from jaxad.data import dr_demo
 
@@ -224,6 +251,68 @@ def get_source(data_cfg, split: str) -> Source:
 
         src = lesion_boxes.BoxedSource(src, data_cfg, split)
     return src
+
+
+# ``data.name`` of the sources whose files `check_data` verifies before training, and the demos
+# read as folders (the brain demo is NIfTI volumes).
+_CHECKED_KINDS = ("folder", "graded_folder", "demo")
+_FOLDER_DEMOS = ("fundus", "phantom", "cxr", "dr")
+
+
+def run_splits(config) -> list[str]:
+    """The splits a training run reads: training, validation (when on) and every evaluator's."""
+    out = [config.data.train_split]
+    if config.validation.every:
+        out.append(config.data.val_split)
+    if config.eval.enabled:
+        for ecfg in config.evals.values():
+            out.append(ecfg.split or config.eval.split or config.data.test_split)
+    return list(dict.fromkeys(out))
+
+
+def check_data(config, splits: list[str] | None = None) -> dict[str, int]:
+    """Verifies the files of every split the run reads (`run_splits`), before training.
+
+    Folder data only (`_CHECKED_KINDS`; tfds datasets were checked when built, NIfTI volumes
+    are checked when indexed). Each bad file is handled by ``data.on_corrupt``: 'fail' raises one
+    ValueError naming the bad files, 'skip' leaves them out. Returns ``{"skipped_files": n}``,
+    the number left out (for the log and eval/metrics.json), or {} for other data.
+    """
+    data_cfg = config.data
+    if data_cfg.name not in _CHECKED_KINDS or not getattr(data_cfg, "on_corrupt", ""):
+        return {}
+    if data_cfg.name == "demo" and data_cfg.demo not in _FOLDER_DEMOS:
+        return {}
+    from jaxad import writers
+
+    start = time.perf_counter()
+    counts, skipped, bad = [], 0, []
+    for split in splits or run_splits(config):
+        try:
+            src = get_source(data_cfg, split)
+        except folder.BadFilesError as e:  # Look at every split, then name all bad files.
+            bad += [m for m in e.bad if m not in bad]
+            continue
+        n = len(skipped_files(src))
+        skipped += n
+        counts.append(f"{split} {len(src)}" + (f" ({n} left out)" if n else ""))
+    if bad:
+        raise folder.BadFilesError(f"{len(bad)} image files of {data_cfg.root or 'the data'}", bad)
+    writers.log_info(
+        "data checked in %.1f s: %s images", time.perf_counter() - start, ", ".join(counts)
+    )
+    return {"skipped_files": skipped}
+
+
+def skipped_files(src: Source) -> list[str]:
+    """The bad files a source left out under data.on_corrupt='skip' (its parts' too)."""
+    out = list(getattr(src, "skipped", []))
+    for part in getattr(src, "parts", []):
+        out += skipped_files(part)
+    inner = getattr(src, "source", None)
+    if inner is not None:
+        out += skipped_files(inner)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

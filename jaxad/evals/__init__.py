@@ -13,6 +13,8 @@ or config cannot support it) and `evaluate(ecfg, config, method, state, mesh) ->
 Anomaly-map types: `anomaly_map` (the method's maps, resized or at full resolution),
 `mean_image` and `zscore` (baselines any image method can be compared with). A method with no
 maps (pre-training) lists no evaluators. Every process takes part; process 0 alone writes.
+An evaluator's loop calls `core.check_stop()` once per batch, so that a run told to stop
+(SIGTERM) leaves the evaluation at once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -69,19 +72,35 @@ def check(config: ml_collections.ConfigDict, method) -> None:
 
 
 def run(
-    config: ml_collections.ConfigDict, workdir: str, method, state: Any, mesh, *, step: int
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    method,
+    state: Any,
+    mesh,
+    *,
+    step: int,
+    stop_requested: Callable[[], bool] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Runs every evaluator of `config.evals`, writes `workdir/eval/`, returns the metrics."""
+    """Runs every evaluator of `config.evals`, writes `workdir/eval/`, returns the metrics.
+
+    `extra` joins the metrics (e.g. the files the data check left out, `skipped_files`).
+
+    Raises:
+      core.Interrupted: `stop_requested()` became true; nothing was written.
+    """
     if not config.eval.enabled or not config.evals:
         return {"step": int(step)}
-    results: dict[str, Any] = {"step": int(step)}
+    results: dict[str, Any] = {"step": int(step), **(extra or {})}
     check(config, method)
     tables = []
+    writers.log_info("evaluating step %d: %s", step, ", ".join(sorted(config.evals)))
     # The unprefixed evaluator (the method's own maps) first: its rows order scores.csv.
-    for name, ecfg in sorted(config.evals.items(), key=lambda kv: (kv[1].prefix != "", kv[0])):
-        result = _module(name, ecfg).evaluate(ecfg, config, method, state, mesh)
-        results.update({f"{ecfg.prefix}{k}": v for k, v in result.metrics.items()})
-        tables.append((ecfg.prefix, result))
+    with core.stoppable(stop_requested):
+        for name, ecfg in sorted(config.evals.items(), key=lambda kv: (kv[1].prefix != "", kv[0])):
+            result = _module(name, ecfg).evaluate(ecfg, config, method, state, mesh)
+            results.update({f"{ecfg.prefix}{k}": v for k, v in result.metrics.items()})
+            tables.append((ecfg.prefix, result))
     core.write_reports(os.path.join(workdir, "eval"), results, tables)
     writers.log_info("eval at step %d: %s", step, _summary(results))
     return results

@@ -5,11 +5,14 @@ rows, overlay panels); `jaxad.evals.run` prefixes and merges them and `write_rep
 one `metrics.json` and one `scores.csv` (process 0 only, after every process's images have
 been gathered). Anomaly-map evaluators share `MapAccumulator` and one of the two scoring
 drivers: `accumulate_batched` (the split resized to `data.image_size`, in global batches) and
-`accumulate_full_resolution` (image by image at each image's own size).
+`accumulate_full_resolution` (image by image at each image's own size). Every loop over a
+split calls `check_stop` once per batch or image, so that a run told to stop (SIGTERM) leaves
+an evaluation at once (`Interrupted`) instead of finishing it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import itertools
@@ -26,11 +29,39 @@ from jax.sharding import Mesh
 from PIL import Image
 
 from jaxad import metrics as metrics_lib
-from jaxad import parallel, viz
+from jaxad import parallel, viz, writers
 from jaxad.data import pipeline, sources, transforms
 
 # Overlays of full-resolution maps are downscaled so that their long side is at most this.
 OVERLAY_SIDE = 1024
+
+
+class Interrupted(Exception):
+    """The run was told to stop (SIGTERM) during an evaluation, which was left unfinished."""
+
+
+_stop_requested: Callable[[], bool] | None = None
+
+
+@contextlib.contextmanager
+def stoppable(stop_requested: Callable[[], bool] | None) -> Iterator[None]:
+    """Within the block, `check_stop` raises `Interrupted` once `stop_requested()` is true."""
+    global _stop_requested
+    previous, _stop_requested = _stop_requested, stop_requested
+    try:
+        yield
+    finally:
+        _stop_requested = previous
+
+
+def check_stop() -> None:
+    """Raises `Interrupted` if the run was told to stop; evaluators call it once per batch.
+
+    Only one process sets the flag (a multi-process run stops at its preemption sync point,
+    between training steps), so processes never leave an evaluation out of step.
+    """
+    if _stop_requested is not None and _stop_requested():
+        raise Interrupted()
 
 
 def uses_full_resolution(config: ml_collections.ConfigDict) -> bool:
@@ -40,7 +71,8 @@ def uses_full_resolution(config: ml_collections.ConfigDict) -> bool:
 
 def make_score_fn(method, mesh: Mesh):
     """Jits `method.score` with the batch and its outputs sharded along the data axis."""
-    return jax.jit(method.score, out_shardings=parallel.batch_sharded(mesh))
+    score = jax.jit(method.score, out_shardings=parallel.batch_sharded(mesh))
+    return writers.timed_first_call(score, "the scoring function")
 
 
 def batch_scorer(method, state, mesh: Mesh, seed: int) -> Callable[[dict], dict]:
@@ -201,9 +233,15 @@ class MapAccumulator:
                 row["pixel_auprc"] = own["pixel_auprc"]
         self.rows.append(row)
 
-    def add_overlay(self, id: str, label: int, image, amap, mask) -> None:
-        """Keeps one panel: image, map and mask (None: no ground truth)."""
-        self.overlays.append(dict(id=str(id), label=int(label), image=image, map=amap, mask=mask))
+    def add_overlay(
+        self, id: str, label: int, image, amap, mask, *, score: float = np.nan, fov=None
+    ) -> None:
+        """Keeps one panel: image, map, mask (None: no ground truth), score and field of view."""
+        self.overlays.append(
+            dict(
+                id=str(id), label=int(label), image=image, map=amap, mask=mask, score=score, fov=fov
+            )
+        )
 
     def wants_overlay(self, label: int) -> bool:
         """Up to `num_overlays` panels, half anomalous and half normal when both exist."""
@@ -264,7 +302,11 @@ def accumulate_batched(
     process calls it for the same number of batches (collectives inside stay in lock-step).
     """
     local_bs = parallel.local_batch_size(config.eval.batch_size, mesh, key="eval.batch_size")
-    for local in pipeline.eval_batches(config.data, split, local_batch_size=local_bs):
+    src = sources.get_source(config.data, split)
+    progress = writers.CountProgress(f"scoring split {split!r}", local_count(len(src)))
+    done = 0
+    for local in pipeline.source_batches(src, config.data, local_batch_size=local_bs):
+        check_stop()
         maps, scores = maps_of(local)
         for j in np.flatnonzero(local["valid"]):
             acc.add(
@@ -280,9 +322,27 @@ def accumulate_batched(
             if acc.wants_overlay(local["label"][j]):
                 mask = local["mask"][j] if local["has_mask"][j] else None
                 acc.add_overlay(
-                    local["id"][j], local["label"][j], local["image_uint8"][j], maps[j], mask
+                    local["id"][j],
+                    local["label"][j],
+                    local["image_uint8"][j],
+                    maps[j],
+                    mask,
+                    score=float(scores[j]),
+                    fov=local["fov"][j],
                 )
+        done += int(np.sum(local["valid"]))
+        progress.update(done)
+    log_scored(progress, done, split)
     return acc
+
+
+def local_count(n: int) -> int:
+    """How many of `n` records this process reads (records `process_index::process_count`)."""
+    return len(range(jax.process_index(), n, jax.process_count()))
+
+
+def log_scored(progress: writers.CountProgress, done: int, split: str) -> None:
+    writers.log_info("scored %d images of split %r in %.1f s", done, split, progress.elapsed())
 
 
 def accumulate_full_resolution(
@@ -299,7 +359,10 @@ def accumulate_full_resolution(
     memory stays at one image and its map.
     """
     src = sources.get_source(config.data, split)
+    progress = writers.CountProgress(f"scoring split {split!r}", local_count(len(src)))
+    done = 0
     for i in range(jax.process_index(), len(src), jax.process_count()):
+        check_stop()
         rec = src[i]
         image = unit_image(rec, config.data.channels)
         amap = np.asarray(map_of(rec, image, i), np.float32)
@@ -308,19 +371,26 @@ def accumulate_full_resolution(
                 f"the anomaly map has shape {amap.shape} for an image of {image.shape}"
             )
         fov = rec["fov"] > 0
+        score = float(amap[fov].max()) if fov.any() else float("nan")
         acc.add(
             id=rec["id"],
             label=rec["label"],
             grade=rec["grade"],
             has_mask=rec["has_mask"],
-            score=float(amap[fov].max()) if fov.any() else float("nan"),
+            score=score,
             amap=amap,
             mask=rec["mask"],
             fov=fov,
         )
         if acc.wants_overlay(rec["label"]):
             mask = rec["mask"] if rec["has_mask"] else None
-            acc.add_overlay(rec["id"], rec["label"], *downscale(image, amap, mask))
+            small_fov = downscale(image, amap, fov)[2]
+            acc.add_overlay(
+                rec["id"], rec["label"], *downscale(image, amap, mask), score=score, fov=small_fov
+            )
+        done += 1
+        progress.update(done)
+    log_scored(progress, done, split)
     return acc
 
 
@@ -368,8 +438,22 @@ def write_reports(out_dir: str, results: dict, tables: list[tuple[str, Result]])
             stem = os.path.splitext(it["id"])[0].replace("/", "_").replace(os.sep, "_")
             panel = it.get("panel")
             if panel is None:
-                panel = viz.side_by_side(it["image"], it["map"], it["mask"])
+                panel = viz.side_by_side(
+                    it["image"],
+                    it["map"],
+                    it["mask"],
+                    fov=it.get("fov"),
+                    title=_overlay_title(it),
+                    colorbar=True,
+                )
             viz.save_png(os.path.join(d, f"{stem}_label{it['label']}.png"), panel)
+
+
+def _overlay_title(it: dict[str, Any]) -> str:
+    """`test/crack/000.png | score 0.0312 | label 1`."""
+    score = it.get("score", np.nan)
+    score = f" | score {score:.4g}" if np.isfinite(score) else ""
+    return f"{it['id']}{score} | label {it['label']}"
 
 
 def _cell(value: Any) -> str:

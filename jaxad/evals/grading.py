@@ -32,8 +32,8 @@ import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import cohen_kappa_score, confusion_matrix
 
-from jaxad import parallel
-from jaxad.data import pipeline
+from jaxad import parallel, writers
+from jaxad.data import pipeline, sources
 from jaxad.evals import core
 from jaxad.methods import base
 
@@ -129,8 +129,13 @@ def evaluate(ecfg, config, method, state, mesh) -> core.Result:
     key = jax.random.fold_in(jax.random.key(config.seed), 2)
     local_bs = parallel.local_batch_size(config.eval.batch_size, mesh, key="eval.batch_size")
     rows: list[dict[str, Any]] = []
-    batches = pipeline.eval_batches(config.data, split, local_batch_size=local_bs)
+    src = sources.get_source(config.data, split)
+    progress = writers.CountProgress(f"grading split {split!r}", core.local_count(len(src)))
+    batches = pipeline.source_batches(src, config.data, local_batch_size=local_bs)
     for i, local in enumerate(batches):
+        if i:
+            progress.update(len(rows))
+        core.check_stop()
         out = score_fn(state, parallel.global_batch(mesh, local), jax.random.fold_in(key, i))
         pred = _predictions(out, output, len(local["valid"]), mesh)
         predicted = grades_from_regression(pred, thresholds)
@@ -145,6 +150,7 @@ def evaluate(ecfg, config, method, state, mesh) -> core.Result:
                     "predicted_grade": int(predicted[j]),
                 }
             )
+    core.log_scored(progress, len(rows), split)
     rows = core.gather_rows(rows)
     graded = [r for r in rows if 0 <= r["grade"] < len(thresholds)]
     metrics: dict[str, Any] = {"split": split, "num_images": len(rows)}

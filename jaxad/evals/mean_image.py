@@ -29,6 +29,7 @@ def mean_training_image(config: ml_collections.ConfigDict, local_batch_size: int
     for b in pipeline.eval_batches(
         config.data, config.data.train_split, local_batch_size=local_batch_size
     ):
+        core.check_stop()
         acc.update(b["image"][b["valid"]])
     total = core.sum_over_processes(np.asarray(acc.total, np.float64))
     count = core.sum_over_processes(np.asarray([acc.count], np.float64))

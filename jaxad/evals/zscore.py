@@ -33,6 +33,7 @@ def intensity_stats(config: ml_collections.ConfigDict, max_images: int) -> tuple
     src = sources.get_source(config.data, config.data.train_split)
     n, total, squares = 0.0, 0.0, 0.0
     for i in list(range(jax.process_index(), len(src), jax.process_count()))[:max_images]:
+        core.check_stop()
         rec = src[i]
         x = core.unit_image(rec, config.data.channels).mean(axis=-1, dtype=np.float64)
         x = x[rec["fov"] > 0]

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxad import parallel
+from jaxad import parallel, writers
 from jaxad.methods.base import Method, provides
 
 __all__ = ["Method", "available", "create", "example_batch", "init_state", "provides"]
@@ -67,4 +67,5 @@ def init_state(
     """The method's initial state, created directly replicated on the mesh (seed: config.seed)."""
     init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
     batch = parallel.global_batch(mesh, example_batch(config, local_batch_size))
-    return jax.jit(method.init, out_shardings=parallel.replicated(mesh))(init_key, batch)
+    init = jax.jit(method.init, out_shardings=parallel.replicated(mesh))
+    return writers.timed_first_call(init, "the model's initialisation")(init_key, batch)

@@ -53,10 +53,14 @@ class MetricWriter:
             self._tb.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        self.enabled = False
+        try:  # A full disk must not turn the run's own one-line error into a traceback.
             self._jsonl.close()
             self._tb.close()
-            self.enabled = False
+        except OSError as e:
+            logger.warning("could not finish writing the metrics (%s: %s).", type(e).__name__, e)
 
 
 def _to_float(v: Any) -> float:

@@ -144,3 +144,18 @@ def test_eval_reports_progress_and_overlays_with_title(tmp_path, lines, monkeypa
     panel = np.asarray(Image.open(png))
     assert panel.shape[0] > 128 and panel.shape[1] > 3 * 128  # Enlarged, titled, colour bar.
     assert (panel[:14] < 128).any()  # The title's text.
+
+
+def test_metric_writer_close_on_a_full_disk_is_a_warning_not_a_traceback(tmp_path, caplog):
+    writer = writers.MetricWriter(str(tmp_path), enabled=True)
+    writer.write_scalars(1, {"loss": 0.5})
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+
+    writer._tb.close = full_disk
+    with caplog.at_level("WARNING", logger="jaxad"):
+        writer.close()
+    assert "could not finish writing the metrics" in caplog.text
+    writer.close()  # closing again is a no-op
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1

@@ -272,7 +272,9 @@ def test_vgg_weights_from_a_saved_simclr_run_best_else_latest(tmp_path):
         ckpt = checkpoint.Checkpointer(
             workdir, every_steps=1, keep=1, async_save=False, name=checkpoint.FOLDERS[source]
         )
-        ckpt.save(seed, jax.device_put(saved[source], parallel.replicated(mesh)), None, {"step": seed})
+        ckpt.save(
+            seed, jax.device_put(saved[source], parallel.replicated(mesh)), None, {"step": seed}
+        )
         ckpt.close()
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
         f.write(sc_config.to_json_best_effort())

@@ -545,6 +545,14 @@ def test_dpa_run_directory_holds_both_networks_and_the_vgg(tmp_path):
     io, _ = io_of("dpa")
     y = Autoencoder(nf=8, latent_dim=6, image_size=32).apply(run.state["ae"], io["x"])
     assert_close(y, io["y"], "dpa from the run")
+    # The MOOD inference takes it as an axis model, as `python -m jaxad.mood predict` does.
+    from jaxad.mood import inference
+
+    model = inference.axis_model(run)
+    volume = np.random.default_rng(0).random((6, 20, 24), np.float32)
+    options = inference.Options(cube_size=8, batch_size=4, min_intensity_sum=None)
+    prediction = np.asarray(inference.predict_volume(volume, [model], options))
+    assert prediction.shape == (8, 8, 8) and np.isfinite(prediction).all() and prediction.max() > 0
     paths = runs.export_run(workdir, tmp_path / "out", fmt="npz")
     assert sorted(os.path.basename(p) for p in paths) == ["dec.npz", "enc.npz", "vgg19.npz"]
     vgg = dict(np.load(tmp_path / "out" / "vgg19.npz"))

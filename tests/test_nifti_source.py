@@ -162,9 +162,9 @@ def test_index_cache_and_volume_cache(folder, tmp_path, monkeypatch):
         return real_read(path, dtype)
 
     monkeypatch.setattr(nifti, "read_volume", counting_read)
-    second = _source(folder, axis=1, cache_dir=cache, cache_volumes=1)
+    second = _source(folder, axis=1, cache_dir=cache, cache_volumes=1, slice_cache=False)
     assert second.entries == first.entries and reads == []  # Indexed from the cache.
-    # Records read their volume on demand and keep the last one.
+    # Without the slice cache, records read their volume on demand and keep the last one.
     n_cube = sum(rel == "cube.nii.gz" for rel, _ in second.entries)
     for k in range(len(second)):
         second[k]

@@ -8,14 +8,24 @@ float16, each slice area-resized to ``resize`` x ``resize``, dropped if it has f
 ``min_nonzero`` positive pixels, and rounded to float16 as the builder stores it. Intensities
 are not rescaled: the solution assumes volumes in [0, 1].
 
-Volumes are never all in memory. At construction each volume of the split is read once, one at
-a time, to find its kept slices; that index is cached per volume (keyed by path, size,
-modification time and the preparation options) under ``$JAXAD_DATA_DIR/nifti_index`` or
-``~/.cache/jaxad/nifti_index``, never in your folder. A record then reads its volume on demand,
-keeping the last ``cache_volumes`` volumes decoded. Uncompressed ``.nii`` files without intensity
-scaling are memory-mapped and read slice by slice instead, which is what makes shuffled training
-fast: a shuffled order over ``.nii.gz`` files decodes a whole volume for most records, so
-decompress them (or build the tfds dataset) before training on many volumes.
+Each volume is decoded once per machine. The first time a volume is seen, it is read whole, one
+at a time, and its kept slices, prepared as above, are written to a local cache: the slice index
+(``<key>.json``, which slices the filter keeps) and the slices themselves (``<key>.npy``, float16
+[kept, resize, resize], uncompressed), keyed by the volume's path, size, modification time and
+the preparation options, under ``$JAXAD_DATA_DIR/nifti_index`` or ``~/.cache/jaxad/nifti_index``,
+never in your folder. Several axes of one folder are indexed together, one decode per volume.
+A record is then one contiguous read of its slice from the cache: a shuffled epoch over many
+compressed volumes reads slices, not volumes, and does no decoding, slicing, resizing or
+rounding. The values are the ones the volume gives directly, to the bit.
+
+The slice files are bounded (``slice_cache_gb``, ``data.nifti_cache_gb``, 50 GB by default;
+least recently used files of earlier runs are evicted first, and the disk keeps at least 2 GB
+free); a volume that does not fit is read as without the cache, and the log says how many.
+The log also gives the cache's folder and size. Without the slice cache (``slice_cache=False``,
+``data.nifti_cache=False``) a record reads its volume on demand, keeping the last
+``cache_volumes`` volumes decoded (uncompressed ``.nii`` files without intensity scaling are
+memory-mapped and read slice by slice), which makes a shuffled order over ``.nii.gz`` files
+decode a whole volume for most records.
 """
 
 from __future__ import annotations
@@ -25,17 +35,26 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import threading
+import time
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from jaxad.data import slices, splits
 from jaxad.data.records import ConcatSource, ImageReadError, Source
 
 SUFFIXES = (".nii.gz", ".nii")
 _INDEX_VERSION = 1
+# Bound of the slice cache, and space it always leaves free on its disk.
+DEFAULT_CACHE_GB = 50.0
+_MIN_FREE_BYTES = 2 * 1024**3
+# Slice files used since this time are in use by this process: never evicted by it.
+_STARTED = time.time()
 
 
 def _is_nifti(path: pathlib.Path) -> bool:
@@ -107,6 +126,105 @@ def _mapped_slice(img, axis: int, index: int, dtype: np.dtype) -> np.ndarray:
     return wide.astype(np.float32, copy=False).astype(dtype, copy=False)
 
 
+def _read_header(path: pathlib.Path) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """(shape, dtype, data offset) of a C-order `.npy` file holding all its data, else None."""
+    try:
+        with open(path, "rb") as f:
+            if np.lib.format.read_magic(f) != (1, 0):
+                return None
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+            offset, size = f.tell(), os.fstat(f.fileno()).st_size
+    except (OSError, ValueError, SyntaxError):
+        return None
+    if fortran_order or size != offset + int(np.prod(shape)) * dtype.itemsize:
+        return None  # Truncated, or with trailing bytes: not a file this module wrote.
+    return tuple(shape), dtype, offset
+
+
+def _write_slices(path: pathlib.Path, rows: list[np.ndarray], dtype: np.dtype) -> bool:
+    """Writes `rows` as one [n, H, W] `.npy` file; a crash never leaves a partial `path`."""
+    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+    header = {
+        "descr": np.lib.format.dtype_to_descr(dtype),
+        "fortran_order": False,
+        "shape": (len(rows), *rows[0].shape),
+    }
+    try:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for row in rows:
+                f.write(np.ascontiguousarray(row, dtype=dtype).tobytes())
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False  # A read-only or full cache only costs decoding the volume per record.
+
+
+class _SliceFiles:
+    """The bound on the `.npy` slice files of one cache folder: least recently used go first.
+
+    A file's modification time is its last use (set when a source opens it). Files used since
+    this process started are never evicted by it, so that sources of one run (training,
+    validation, several axes) do not evict each other's slices.
+    """
+
+    def __init__(self, directory: pathlib.Path, max_bytes: int):
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self._files: dict[str, tuple[float, int]] | None = None  # name -> (mtime, bytes)
+
+    def _scan(self) -> dict[str, tuple[float, int]]:
+        if self._files is None:
+            self._files = {}
+            try:
+                entries = list(os.scandir(self.directory))
+            except OSError:
+                entries = []
+            for entry in entries:
+                try:
+                    stat = entry.stat()
+                except OSError:
+                    continue
+                if entry.name.endswith(".npy"):
+                    self._files[entry.name] = (stat.st_mtime, stat.st_size)
+                elif entry.name.endswith(".tmp") and stat.st_mtime < time.time() - 86400:
+                    pathlib.Path(entry.path).unlink(missing_ok=True)  # Left by a crash.
+        return self._files
+
+    def total_bytes(self) -> int:
+        return sum(size for _, size in self._scan().values())
+
+    def used(self, path: pathlib.Path) -> None:
+        """Marks a slice file as just used (in use by this process)."""
+        try:
+            os.utime(path)
+        except OSError:
+            return
+        if self._files is not None and path.name in self._files:
+            self._files[path.name] = (time.time(), self._files[path.name][1])
+
+    def reserve(self, path: pathlib.Path, nbytes: int) -> bool:
+        """Whether `nbytes` more fit under the bound, evicting files of earlier runs to fit."""
+        files = self._scan()
+        files.pop(path.name, None)  # A damaged file of that name is about to be replaced.
+        total = sum(size for _, size in files.values())
+        for name, (mtime, size) in sorted(files.items(), key=lambda kv: kv[1][0]):
+            if total + nbytes <= self.max_bytes or mtime >= _STARTED:
+                break
+            (self.directory / name).unlink(missing_ok=True)
+            del files[name]
+            total -= size
+        try:
+            free = shutil.disk_usage(self.directory).free
+        except OSError:
+            return False
+        if total + nbytes > self.max_bytes or free - nbytes < _MIN_FREE_BYTES:
+            return False
+        files[path.name] = (time.time(), nbytes)
+        return True
+
+
 class NiftiFolderSource:
     """Slices along `axis` of the NIfTI volumes under `root`, split by volume.
 
@@ -125,9 +243,15 @@ class NiftiFolderSource:
       seed: seed of the hash split.
       dtype: precision the volume is held in and slices are rounded to: "float16", as the mood
         builder stores them, or "float32".
-      cache_dir: where the per-volume slice index is cached (None: `default_cache_dir()`;
-        False: no cache).
-      cache_volumes: decoded volumes kept in memory for `__getitem__`.
+      cache_dir: where the slice index and the slices are cached (None: `default_cache_dir()`;
+        False: no cache, every construction reads every volume).
+      cache_volumes: decoded volumes kept in memory for records whose slices are not cached.
+      slice_cache: keep the prepared slices in `cache_dir` (see the module docstring); False
+        keeps only the index and reads volumes on demand.
+      slice_cache_gb: bound of the slice files in `cache_dir`, in GB (1e9 bytes).
+      index: find the kept slices now. False leaves the source empty until `index_together`
+        indexes it with others over the same volumes (as `source_from_config` does for
+        several axes, decoding each volume once for all of them).
 
     Records: ``image`` float32 [H, W, 1] (values as stored, e.g. [0, 1]), ``mask`` zeros,
     ``fov`` ones, ``label`` 0, ``grade`` -1, ``has_mask`` False (nothing is known about
@@ -155,6 +279,9 @@ class NiftiFolderSource:
         dtype: str = "float16",
         cache_dir: str | os.PathLike | bool | None = None,
         cache_volumes: int = 2,
+        slice_cache: bool = True,
+        slice_cache_gb: float = DEFAULT_CACHE_GB,
+        index: bool = True,
     ):
         if split not in self.SPLITS:
             raise ValueError(f"unknown split {split!r} for NIfTI folder {root}; use {self.SPLITS}")
@@ -164,6 +291,8 @@ class NiftiFolderSource:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if np.dtype(dtype) not in (np.float16, np.float32):
             raise ValueError(f"dtype must be float16 or float32, got {dtype}")
+        if slice_cache_gb < 0:
+            raise ValueError(f"slice_cache_gb must be >= 0, got {slice_cache_gb}")
         self.root = pathlib.Path(root).expanduser()
         self.split = split
         self.axis = int(axis)
@@ -174,6 +303,8 @@ class NiftiFolderSource:
         if cache_dir is None or cache_dir is True:
             cache_dir = default_cache_dir()
         self._cache_dir = pathlib.Path(cache_dir) if cache_dir else None
+        self.slice_cache = bool(slice_cache) and self._cache_dir is not None
+        self.slice_cache_bytes = int(float(slice_cache_gb) * 1e9)
 
         if not self.root.is_dir():
             raise FileNotFoundError(f"NIfTI folder {self.root} does not exist")
@@ -188,12 +319,17 @@ class NiftiFolderSource:
         elif split == "validation":
             paths = [p for p in paths if p in held_out]
         self.volumes = paths
-        # (relative path, slice index) of every kept slice, volume after volume.
+        # (relative path, slice index) of every kept slice, volume after volume, and its row in
+        # the volume's slice file.
         self._entries: list[tuple[str, int]] = []
-        for rel in self.volumes:
-            self._entries += [(rel, i) for i in self._kept_slices(rel)]
+        self._rows: list[int] = []
+        # Relative path -> (slice file, data offset, (H, W)) of the volumes whose slices are
+        # cached.
+        self._slice_files: dict[str, tuple[pathlib.Path, int, tuple[int, int]]] = {}
         self._lock = threading.Lock()
         self._cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+        if index:
+            index_together([self])
 
     @staticmethod
     def _holdout(paths: list[str], val_fraction: float, seed: int) -> set[str]:
@@ -202,7 +338,7 @@ class NiftiFolderSource:
             n_val = 1
         return set(splits.hash_rank(paths, seed)[:n_val])
 
-    # -- Index ------------------------------------------------------------------------------
+    # -- Index and slice cache --------------------------------------------------------------
 
     def _index_key(self, path: pathlib.Path) -> str:
         stat = path.stat()
@@ -218,25 +354,62 @@ class NiftiFolderSource:
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
-    def _kept_slices(self, rel: str) -> list[int]:
-        """Indices of the slices the filter keeps, from the cache or by reading the volume."""
-        path = self.root / rel
-        cache_file = None
-        if self._cache_dir is not None:
-            cache_file = self._cache_dir / f"{self._index_key(path)}.json"
-            try:
-                return [int(i) for i in json.loads(cache_file.read_text())["kept"]]
-            except (OSError, ValueError, KeyError, TypeError):
-                pass  # Not cached yet (or a damaged entry): index the volume.
-        volume = read_volume(path, self.dtype)
-        kept = [
-            i
-            for i in range(volume.shape[self.axis])
-            if self._prepare(slices.slice_along(volume, self.axis, i)) is not None
-        ]
-        if cache_file is not None:
-            self._write_index(cache_file, {"path": str(path), "shape": volume.shape, "kept": kept})
+    def _cached_index(self, key: str) -> dict[str, Any] | None:
+        """The volume's cached index entry (``kept``, ``shape``), or None."""
+        if self._cache_dir is None:
+            return None
+        try:
+            entry = json.loads((self._cache_dir / f"{key}.json").read_text())
+            entry["kept"] = [int(i) for i in entry["kept"]]
+            entry["shape"] = [int(n) for n in entry["shape"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # Not cached yet (or a damaged entry): index the volume.
+        return entry if len(entry["shape"]) == 3 else None
+
+    def _slice_shape(self, volume_shape: Sequence[int]) -> tuple[int, int]:
+        if self.resize:
+            return self.resize, self.resize
+        h, w = (n for a, n in enumerate(volume_shape) if a != self.axis)
+        return int(h), int(w)
+
+    def _slices_bytes(self, entry: dict[str, Any]) -> int:
+        h, w = self._slice_shape(entry["shape"])
+        return len(entry["kept"]) * h * w * self.dtype.itemsize
+
+    def _attach(self, rel: str, key: str, entry: dict[str, Any]) -> bool:
+        """Serves the volume's records from its slice file, if that file is whole."""
+        path = self._cache_dir / f"{key}.npy"
+        hw = self._slice_shape(entry["shape"])
+        header = _read_header(path)
+        if header is None or header[:2] != ((len(entry["kept"]), *hw), self.dtype):
+            return False  # Missing, truncated or damaged: rebuilt like a missing one.
+        self._slice_files[rel] = (path, header[2], hw)
+        return True
+
+    def _index_volume(
+        self, rel: str, key: str, volume: np.ndarray, files: _SliceFiles | None
+    ) -> list[int]:
+        """Kept slices of a decoded volume; caches the index and, if they fit, the slices."""
+        kept, rows = [], []
+        for i in range(volume.shape[self.axis]):
+            image = self._prepare(slices.slice_along(volume, self.axis, i))
+            if image is not None:
+                kept.append(i)
+                if files is not None:
+                    rows.append(image.astype(self.dtype))
+        if self._cache_dir is None:
+            return kept
+        entry = {"path": str(self.root / rel), "shape": list(volume.shape), "kept": kept}
+        self._write_index(self._cache_dir / f"{key}.json", entry)
+        path = self._cache_dir / f"{key}.npy"
+        if files is not None and rows and files.reserve(path, self._slices_bytes(entry)):
+            if _write_slices(path, rows, self.dtype):
+                self._attach(rel, key, entry)
         return kept
+
+    def _add(self, rel: str, kept: list[int]) -> None:
+        self._entries += [(rel, i) for i in kept]
+        self._rows += range(len(kept))
 
     @staticmethod
     def _write_index(cache_file: pathlib.Path, entry: dict[str, Any]) -> None:
@@ -252,6 +425,23 @@ class NiftiFolderSource:
 
     def _prepare(self, image: np.ndarray) -> np.ndarray | None:
         return slices.prepare_slice(image, self.resize, self.min_nonzero)
+
+    def _cached_slice(self, rel: str, row: int) -> np.ndarray | None:
+        """The prepared slice from the cache (one read), or None if it is not cached."""
+        where = self._slice_files.get(rel)
+        if where is None:
+            return None
+        path, offset, (h, w) = where
+        nbytes = h * w * self.dtype.itemsize
+        try:
+            with open(path, "rb", buffering=0) as f:
+                data = os.pread(f.fileno(), nbytes, offset + row * nbytes)
+        except OSError:
+            data = b""
+        if len(data) != nbytes:  # Evicted by another run meanwhile: decode from now on.
+            self._slice_files.pop(rel, None)
+            return None
+        return np.frombuffer(data, self.dtype).reshape(h, w)
 
     def _slice(self, rel: str, index: int) -> np.ndarray:
         path = self.root / rel
@@ -278,10 +468,13 @@ class NiftiFolderSource:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rel, i = self._entries[index]
-        image = self._prepare(self._slice(rel, i))
+        image = self._cached_slice(rel, self._rows[index])
         if image is None:
-            raise ImageReadError(f"volume {self.root / rel} changed since it was indexed")
-        image = image.astype(self.dtype).astype(np.float32)[..., None]
+            prepared = self._prepare(self._slice(rel, i))
+            if prepared is None:
+                raise ImageReadError(f"volume {self.root / rel} changed since it was indexed")
+            image = prepared.astype(self.dtype)
+        image = image.astype(np.float32)[..., None]
         h, w = image.shape[:2]
         return {
             "image": image,
@@ -297,6 +490,11 @@ class NiftiFolderSource:
     def entries(self) -> list[tuple[str, int]]:
         """(volume path relative to root, slice index) of every record, in record order."""
         return list(self._entries)
+
+    @property
+    def cached_volumes(self) -> list[str]:
+        """The volumes whose records are read from the slice cache."""
+        return [rel for rel in self.volumes if rel in self._slice_files]
 
     @property
     def labels(self) -> np.ndarray:
@@ -320,10 +518,89 @@ class NiftiFolderSource:
         )
 
 
+def index_together(parts: Sequence[NiftiFolderSource]) -> None:
+    """Indexes sources over the same volumes (e.g. one per axis), decoding each at most once.
+
+    For each volume and source: the cached index and slices when they are there; otherwise the
+    volume is decoded (once for all sources that need it) and its index and prepared slices are
+    cached, the slices only while they fit in the bound.
+    """
+    first = parts[0]
+    same = (first.root, first.volumes, first.dtype, first._cache_dir)
+    if any((p.root, p.volumes, p.dtype, p._cache_dir) != same for p in parts):
+        raise ValueError("index_together needs sources over the same volumes, dtype and cache")
+    files = None
+    if any(p.slice_cache for p in parts):
+        files = _SliceFiles(first._cache_dir, min(p.slice_cache_bytes for p in parts))
+    decoded = uncached = 0
+    for rel in first.volumes:
+        path = first.root / rel
+        volume = None
+        for part in parts:
+            key = part._index_key(path) if part._cache_dir is not None else ""
+            entry = part._cached_index(key)
+            part_files = files if part.slice_cache else None
+            if entry is not None and (part_files is None or not entry["kept"]):
+                part._add(rel, entry["kept"])  # Nothing to read from the slice cache.
+                continue
+            if entry is not None and part._attach(rel, key, entry):
+                part_files.used(part._slice_files[rel][0])
+                part._add(rel, entry["kept"])
+                continue
+            if entry is not None and not part_files.reserve(
+                part._cache_dir / f"{key}.npy", part._slices_bytes(entry)
+            ):
+                part._add(rel, entry["kept"])  # No room: its records decode the volume.
+                uncached += 1
+                continue
+            if volume is None:
+                volume = read_volume(path, first.dtype)
+                decoded += 1
+            kept = part._index_volume(rel, key, volume, part_files)
+            part._add(rel, kept)
+            uncached += bool(part_files and kept and rel not in part._slice_files)
+    _log_cache(parts, files, decoded, uncached)
+
+
+def _log_cache(
+    parts: Sequence[NiftiFolderSource], files: _SliceFiles | None, decoded: int, uncached: int
+) -> None:
+    first = parts[0]
+    what = f"{first.root} ({first.split}, axis {','.join(str(p.axis) for p in parts)})"
+    if files is None:
+        logging.info(
+            "NIfTI volumes of %s: %d (%d decoded now); slices not cached, records read volumes",
+            what,
+            len(first.volumes),
+            decoded,
+        )
+        return
+    files._files = None  # Rescan: other processes may have written meanwhile.
+    logging.info(
+        "NIfTI slices of %d volumes of %s cached in %s (%d decoded now): %.2f GB, bound %.1f GB "
+        "(data.nifti_cache_gb; data.nifti_cache=False turns the cache off)",
+        len(first.volumes),
+        what,
+        files.directory,
+        decoded,
+        files.total_bytes() / 1e9,
+        files.max_bytes / 1e9,
+    )
+    if uncached:
+        logging.warning(
+            "NIfTI slice cache %s is full: the records of %d volume-axes of %s decode their "
+            "volume (slow); raise data.nifti_cache_gb or free space on its disk",
+            files.directory,
+            uncached,
+            what,
+        )
+
+
 def source_from_config(data_cfg, split: str) -> Source:
     """`NiftiFolderSource` from ``data_cfg``: ``root``, ``axis``, ``resize``, ``min_nonzero``,
-    ``filter``, ``val_fraction``, ``split_seed`` (its ``seed``) and ``dtype``, whose defaults
-    are in ``configs/common.py:data_config()``.
+    ``filter``, ``val_fraction``, ``split_seed`` (its ``seed``), ``dtype``, ``nifti_cache``
+    (its ``slice_cache``) and ``nifti_cache_gb`` (its ``slice_cache_gb``), whose defaults are in
+    ``configs/common.py:data_config()``.
 
     ``axis`` may list several axes ("0,1,2", or a sequence such as (0, 2), which is what the
     command line makes of ``--config.data.axis=0,2``), as SimCLR pre-training on slices along
@@ -331,10 +608,9 @@ def source_from_config(data_cfg, split: str) -> Source:
     """
     if not data_cfg.root:
         raise ValueError("data.name='nifti_folder' needs data.root, a folder of NIfTI volumes")
-    axes = _axes(data_cfg.axis)
-    if len(axes) > 1:
-        return ConcatSource([_source(data_cfg, split, a) for a in axes])
-    return _source(data_cfg, split, axes[0])
+    parts = [_source(data_cfg, split, a) for a in _axes(data_cfg.axis)]
+    index_together(parts)  # One decode per volume for all axes, where not cached yet.
+    return ConcatSource(parts) if len(parts) > 1 else parts[0]
 
 
 def _axes(value: Any) -> list[int]:
@@ -359,4 +635,7 @@ def _source(data_cfg, split: str, axis: int) -> NiftiFolderSource:
         val_fraction=data_cfg.val_fraction,
         seed=data_cfg.split_seed,
         dtype=data_cfg.dtype,
+        slice_cache=data_cfg.nifti_cache,
+        slice_cache_gb=data_cfg.nifti_cache_gb,
+        index=False,
     )

@@ -114,8 +114,9 @@ def data_config() -> ml_collections.ConfigDict:
     d.val_fraction = 0.1
     d.fov = "ones"
     # Folder data are verified before training (decodable, a mask the image's size, a shorter
-    # side at least a quarter of the model's input); a bad file stops the run naming every bad
-    # file ('fail') or is left out and counted ('skip'), as the dataset builders' --on_corrupt.
+    # side at least a quarter of the model's input), NIfTI volumes when indexed (decodable,
+    # 3-D); a bad file stops the run naming every bad file ('fail') or is left out and counted
+    # ('skip'), as the dataset builders' --on_corrupt.
     d.on_corrupt = "fail"
     # NIfTI volumes (name='nifti_folder', demo='brain'): slices along `axis` (an int, or a
     # comma-separated list read as one dataset), area-resized to `resize` (0: own size), kept

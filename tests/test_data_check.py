@@ -12,7 +12,7 @@ from PIL import Image
 
 from configs import common
 from jaxad import writers
-from jaxad.data import folder, sources
+from jaxad.data import folder, records, sources
 
 SIZE = 40  # Images of the fixtures; the configs' input is 32 px (8 px a side at least).
 
@@ -22,7 +22,7 @@ def _fresh_cache(tmp_path, monkeypatch):
     """Each test with its own cache folder and an empty in-process memory of verdicts."""
     monkeypatch.setenv("JAXAD_DATA_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(folder, "_SEEN", {})
-    monkeypatch.setattr(folder, "_REPORTED", set())
+    monkeypatch.setattr(records, "_REPORTED", set())
 
 
 def _save(path: pathlib.Path, size=(SIZE, SIZE), fmt: str | None = None, value: int = 90):
@@ -117,7 +117,7 @@ def test_skip_leaves_bad_files_out_and_counts_them(tmp_path, monkeypatch):
 def test_skip_of_every_file_is_an_error(tmp_path):
     root = _mvtec(tmp_path / "data", n_train=1)
     _truncate(root / "train" / "good" / "000.png")
-    with pytest.raises(ValueError, match="no image is left"):
+    with pytest.raises(ValueError, match="none is left"):
         sources.get_source(_config(root, "skip").data, "train")
 
 

@@ -138,10 +138,10 @@ def test_bad_folders_and_files(tmp_path, folder):
     with pytest.raises(ValueError, match="no NIfTI volumes"):
         _source(empty)
     flat = _save(folder / "flat.nii.gz", np.ones((16, 16), np.float32))
-    with pytest.raises(records.ImageReadError, match=r"flat\.nii\.gz is not 3-D"):
+    with pytest.raises(records.BadFilesError, match=r"flat\.nii\.gz is not 3-D"):
         _source(folder)
     flat.write_bytes(b"not a volume")
-    with pytest.raises(records.ImageReadError, match=r"cannot read volume .*flat\.nii\.gz"):
+    with pytest.raises(records.BadFilesError, match=r"cannot read volume .*flat\.nii\.gz"):
         _source(folder)
     flat.unlink()
     with pytest.raises(ValueError, match="axis"):
@@ -198,6 +198,28 @@ def test_uncompressed_files_are_read_slice_by_slice(tmp_path, monkeypatch):
         for r, ex in zip(recs, ref, strict=True):
             np.testing.assert_array_equal(r["image"], ex["image"].astype(np.float32))
     assert [pathlib.Path(p).name for p in reads] == ["scaled.nii"]  # Only it is decoded whole.
+
+
+def test_every_bad_volume_is_named_at_once_or_left_out(folder):
+    _save(folder / "flat.nii.gz", np.ones((16, 16), np.float32))
+    (folder / "junk.nii.gz").write_bytes(b"not a volume")
+    with pytest.raises(records.BadFilesError) as e:
+        _source(folder)
+    line = str(e.value)
+    assert "\n" not in line and line.startswith("2 of the 4 volumes of NIfTI folder")
+    assert "flat.nii.gz is not 3-D" in line and "junk.nii.gz" in line and "on_corrupt" in line
+
+    skipped = _source(folder, on_corrupt="skip")
+    assert sorted(pathlib.Path(p).name for p in skipped.skipped) == ["flat.nii.gz", "junk.nii.gz"]
+    assert skipped.volumes == ["cube.nii.gz", "sub/wide.nii.gz"]
+    (folder / "flat.nii.gz").unlink()
+    (folder / "junk.nii.gz").unlink()
+    clean = _source(folder)
+    assert skipped.entries == clean.entries and len(skipped) == len(clean) > 0
+    np.testing.assert_array_equal(
+        skipped[len(skipped) - 1]["image"], clean[len(clean) - 1]["image"]
+    )
+    assert sources.skipped_files(skipped) == skipped.skipped
 
 
 def _data_cfg(root, **kw):

@@ -27,7 +27,13 @@ import numpy as np
 from PIL import Image
 
 from jaxad.data.fov import check_fov_kind, field_of_view
-from jaxad.data.records import ImageReadError, record
+from jaxad.data.records import (  # noqa: F401  (BadFilesError, ON_CORRUPT: folder.* names too)
+    ON_CORRUPT,
+    BadFilesError,
+    ImageReadError,
+    apply_on_corrupt,
+    record,
+)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -41,10 +47,6 @@ FOLDER_LAYOUT = (
     "<root>/ground_truth/<type>/<stem>_mask.png"
 )
 
-
-# What `data.on_corrupt` does with a bad file (see `check_images`): stop before training naming
-# every bad file, or leave the bad files out (counted in the log and in eval/metrics.json).
-ON_CORRUPT = ("fail", "skip")
 
 # An image whose shorter side is below 1/FAR_SMALLER of the model's input is "far smaller" than
 # it: upsampled that much it holds no detail, so training refuses it (prediction warns).
@@ -457,54 +459,3 @@ def check_images(
         p: _SEEN[k] if k is not None else ImageInfo(error="does not exist or cannot be opened")
         for p, k in zip(paths, keys, strict=True)
     }
-
-
-class BadFilesError(ValueError):
-    """Image files that cannot be used (`bad`: one message per file, naming it)."""
-
-    def __init__(self, what: str, bad: list[str]):
-        self.bad = list(bad)
-        super().__init__(
-            f"{what} are bad: {_listed(self.bad)}; replace or remove them, or set "
-            "data.on_corrupt='skip' to leave them out."
-        )
-
-
-def _listed(bad: list[str]) -> str:
-    more = f"; and {len(bad) - 3} more (listed above)" if len(bad) > 3 else ""
-    return "; ".join(bad[:3]) + more
-
-
-# The files left out (under 'skip') this process has already reported.
-_REPORTED: set[tuple[str, tuple[str, ...]]] = set()
-
-
-def apply_on_corrupt(bad: list[str], on_corrupt: str, what: str, *, total: int) -> bool:
-    """Applies `data.on_corrupt` to the `bad` files of `what` (messages naming each file).
-
-    'fail' raises one `BadFilesError` (a ValueError) naming the bad files (every one is also
-    logged); 'skip' logs them and returns False, to say they must be left out (a ValueError
-    if that leaves nothing). Returns True when none is bad.
-    """
-    if on_corrupt not in ON_CORRUPT:
-        raise ValueError(f"data.on_corrupt={on_corrupt!r}: use one of {', '.join(ON_CORRUPT)}.")
-    if not bad:
-        return True
-    from jaxad import writers
-
-    if on_corrupt == "skip" and len(bad) < total:
-        if (what, tuple(bad)) in _REPORTED:  # A source made again: said once is enough.
-            return False
-        _REPORTED.add((what, tuple(bad)))
-    for message in bad:
-        writers.logger.warning("bad image file: %s", message)
-    if on_corrupt == "fail":
-        raise BadFilesError(f"{len(bad)} of the {total} image files of {what}", bad)
-    if len(bad) == total:
-        raise ValueError(
-            f"every image file of {what} is bad ({_listed(bad)}): no image is left to read."
-        )
-    writers.log_info(
-        "leaving out %d of the %d image files of %s (data.on_corrupt='skip')", len(bad), total, what
-    )
-    return False

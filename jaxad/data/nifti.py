@@ -39,14 +39,14 @@ import shutil
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from absl import logging
 
 from jaxad.data import slices, splits
-from jaxad.data.records import ConcatSource, ImageReadError, Source
+from jaxad.data.records import ConcatSource, ImageReadError, Source, apply_on_corrupt
 
 SUFFIXES = (".nii.gz", ".nii")
 _INDEX_VERSION = 1
@@ -252,6 +252,9 @@ class NiftiFolderSource:
       index: find the kept slices now. False leaves the source empty until `index_together`
         indexes it with others over the same volumes (as `source_from_config` does for
         several axes, decoding each volume once for all of them).
+      on_corrupt: a volume that does not decode, or is not 3-D, when indexed: 'fail' raises
+        one error naming every such volume; 'skip' leaves them out (`skipped`), as
+        `data.on_corrupt` for image folders.
 
     Records: ``image`` float32 [H, W, 1] (values as stored, e.g. [0, 1]), ``mask`` zeros,
     ``fov`` ones, ``label`` 0, ``grade`` -1, ``has_mask`` False (nothing is known about
@@ -260,7 +263,8 @@ class NiftiFolderSource:
     Raises:
       FileNotFoundError: `root` does not exist.
       ValueError: no volume under `root`, or bad options.
-      ImageReadError: a volume of the split is unreadable or not 3-D (the message names it).
+      BadFilesError: volumes of the split are unreadable or not 3-D (one line naming them),
+        with on_corrupt='fail'.
     """
 
     SPLITS = ("train", "validation", "all")
@@ -282,6 +286,7 @@ class NiftiFolderSource:
         slice_cache: bool = True,
         slice_cache_gb: float = DEFAULT_CACHE_GB,
         index: bool = True,
+        on_corrupt: str = "fail",
     ):
         if split not in self.SPLITS:
             raise ValueError(f"unknown split {split!r} for NIfTI folder {root}; use {self.SPLITS}")
@@ -319,6 +324,8 @@ class NiftiFolderSource:
         elif split == "validation":
             paths = [p for p in paths if p in held_out]
         self.volumes = paths
+        self.on_corrupt = on_corrupt
+        self.skipped: list[str] = []  # Volumes left out under on_corrupt='skip'.
         # (relative path, slice index) of every kept slice, volume after volume, and its row in
         # the volume's slice file.
         self._entries: list[tuple[str, int]] = []
@@ -406,6 +413,14 @@ class NiftiFolderSource:
             if _write_slices(path, rows, self.dtype):
                 self._attach(rel, key, entry)
         return kept
+
+    def _leave_out(self, bad: Mapping[str, str]) -> None:
+        """Drops the volumes `bad` names (on_corrupt='skip') and any slice added of them."""
+        keep = [k for k, (rel, _) in enumerate(self._entries) if rel not in bad]
+        self._entries = [self._entries[k] for k in keep]
+        self._rows = [self._rows[k] for k in keep]
+        self.volumes = [rel for rel in self.volumes if rel not in bad]
+        self.skipped = [str(self.root / rel) for rel in bad]
 
     def _add(self, rel: str, kept: list[int]) -> None:
         self._entries += [(rel, i) for i in kept]
@@ -533,10 +548,13 @@ def index_together(parts: Sequence[NiftiFolderSource]) -> None:
     if any(p.slice_cache for p in parts):
         files = _SliceFiles(first._cache_dir, min(p.slice_cache_bytes for p in parts))
     decoded = uncached = 0
+    bad: dict[str, str] = {}  # Relative path -> why it does not read.
     for rel in first.volumes:
         path = first.root / rel
         volume = None
         for part in parts:
+            if rel in bad:
+                break
             key = part._index_key(path) if part._cache_dir is not None else ""
             entry = part._cached_index(key)
             part_files = files if part.slice_cache else None
@@ -554,11 +572,22 @@ def index_together(parts: Sequence[NiftiFolderSource]) -> None:
                 uncached += 1
                 continue
             if volume is None:
-                volume = read_volume(path, first.dtype)
+                try:
+                    volume = read_volume(path, first.dtype)
+                except ImageReadError as e:
+                    bad[rel] = str(e)
+                    break
                 decoded += 1
             kept = part._index_volume(rel, key, volume, part_files)
             part._add(rel, kept)
             uncached += bool(part_files and kept and rel not in part._slice_files)
+    if bad:  # Every unreadable volume named at once; 'skip' leaves them out of every part.
+        what = f"NIfTI folder {first.root} ({first.split})"
+        apply_on_corrupt(
+            list(bad.values()), first.on_corrupt, what, total=len(first.volumes), kind="volume"
+        )
+        for part in parts:
+            part._leave_out(bad)
     _log_cache(parts, files, decoded, uncached)
 
 
@@ -638,4 +667,5 @@ def _source(data_cfg, split: str, axis: int) -> NiftiFolderSource:
         slice_cache=data_cfg.nifti_cache,
         slice_cache_gb=data_cfg.nifti_cache_gb,
         index=False,
+        on_corrupt=data_cfg.get("on_corrupt", "fail") or "fail",
     )

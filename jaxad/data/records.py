@@ -83,3 +83,64 @@ class ConcatSource:
 
     def __repr__(self) -> str:
         return f"ConcatSource({self.parts!r})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad files: what `data.on_corrupt` does with them
+# ---------------------------------------------------------------------------------------------
+
+# Stop before training naming every bad file, or leave the bad files out (counted in the log and
+# in eval/metrics.json). Folder images (`jaxad.data.folder`) and NIfTI volumes
+# (`jaxad.data.nifti`) are checked when their source is made.
+ON_CORRUPT = ("fail", "skip")
+
+
+class BadFilesError(ValueError):
+    """Files that cannot be used (`bad`: one message per file, naming it)."""
+
+    def __init__(self, what: str, bad: list[str]):
+        self.bad = list(bad)
+        super().__init__(
+            f"{what} are bad: {_listed(self.bad)}; replace or remove them, or set "
+            "data.on_corrupt='skip' to leave them out."
+        )
+
+
+def _listed(bad: list[str]) -> str:
+    more = f"; and {len(bad) - 3} more (listed above)" if len(bad) > 3 else ""
+    return "; ".join(bad[:3]) + more
+
+
+# The files left out (under 'skip') this process has already reported.
+_REPORTED: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def apply_on_corrupt(
+    bad: list[str], on_corrupt: str, what: str, *, total: int, kind: str = "image file"
+) -> bool:
+    """Applies `data.on_corrupt` to the `bad` files (`kind`s) of `what` (one message each).
+
+    'fail' raises one `BadFilesError` (a ValueError) naming the bad files (every one is also
+    logged); 'skip' logs them and returns False, to say they must be left out (a ValueError
+    if that leaves nothing). Returns True when none is bad.
+    """
+    if on_corrupt not in ON_CORRUPT:
+        raise ValueError(f"data.on_corrupt={on_corrupt!r}: use one of {', '.join(ON_CORRUPT)}.")
+    if not bad:
+        return True
+    from jaxad import writers  # Imported here: it loads jax, which reading files needs not.
+
+    if on_corrupt == "skip" and len(bad) < total:
+        if (what, tuple(bad)) in _REPORTED:  # A source made again: said once is enough.
+            return False
+        _REPORTED.add((what, tuple(bad)))
+    for message in bad:
+        writers.logger.warning("bad %s: %s", kind, message)
+    if on_corrupt == "fail":
+        raise BadFilesError(f"{len(bad)} of the {total} {kind}s of {what}", bad)
+    if len(bad) == total:
+        raise ValueError(f"every {kind} of {what} is bad ({_listed(bad)}): none is left to read.")
+    writers.log_info(
+        "leaving out %d of the %d %ss of %s (data.on_corrupt='skip')", len(bad), total, kind, what
+    )
+    return False

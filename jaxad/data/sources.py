@@ -274,9 +274,10 @@ def check_data(config, splits: list[str] | None = None) -> dict[str, int]:
     """Verifies the files of every split the run reads (`run_splits`), before training.
 
     Folder data only (`_CHECKED_KINDS`; tfds datasets were checked when built, NIfTI volumes
-    are checked when indexed). Each bad file is handled by ``data.on_corrupt``: 'fail' raises one
-    ValueError naming the bad files, 'skip' leaves them out. Returns ``{"skipped_files": n}``,
-    the number left out (for the log and eval/metrics.json), or {} for other data.
+    are checked, under the same policy, when their source indexes them, also before training).
+    Each bad file is handled by ``data.on_corrupt``: 'fail' raises one ValueError naming the bad
+    files, 'skip' leaves them out. Returns ``{"skipped_files": n}``, the number left out (for
+    the log and eval/metrics.json), or {} for other data.
     """
     data_cfg = config.data
     if data_cfg.name not in _CHECKED_KINDS or not getattr(data_cfg, "on_corrupt", ""):

@@ -25,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from conftest import ROOT, tiny_config
+from test_train import _main_cmd
 
 from jaxad import checkpoint, train, writers
 
@@ -267,21 +268,8 @@ def _main(*args, inject: str = "") -> subprocess.CompletedProcess:
 
 
 def _cli_args(root, workdir, *extra) -> list[str]:
-    return [
-        "--config=configs/lesion2void.py:demo",
-        f"--workdir={workdir}",
-        "--config.data.name=folder",
-        f"--config.data.root={root}",
-        "--config.data.image_size=32",
-        "--config.model.width=4",
-        "--config.model.disc_width=4",
-        "--config.batch_size=8",
-        "--config.eval.batch_size=8",
-        "--config.checkpoint_every=2",
-        "--config.l2v.score_chunk=36",
-        "--config.eval.enabled=false",
-        *extra,
-    ]
+    """test_train's tiny command line (its arguments after `python -m jaxad.main`)."""
+    return _main_cmd(root, workdir, "--config.eval.enabled=false", *extra)[3:]
 
 
 @pytest.mark.slow

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxad.convert import files
 from jaxad.models import vgg_weights
 from jaxad.models.resnet import ResNet
 from jaxad.models.vgg_weights import _NpzReader, _one_line, _SafetensorsReader
@@ -190,23 +191,6 @@ def _expected_keys(depth: int) -> str:
     )
 
 
-class _MappingReader:
-    """An in-memory state dict read like a file (`from_torch_state_dict`)."""
-
-    def __init__(self, arrays: Mapping[str, Any]):
-        self._arrays = arrays
-        self.keys = set(arrays)
-
-    def close(self) -> None:
-        pass
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(np.shape(self._arrays[key]))
-
-    def get(self, key: str) -> np.ndarray:
-        return np.asarray(self._arrays[key])
-
-
 def _strip_module(keys: set[str]) -> str:
     """The DataParallel prefix "module." when every key has it, else ""."""
     return "module." if keys and all(k.startswith("module.") for k in keys) else ""
@@ -275,7 +259,7 @@ def from_torch_state_dict(
 ) -> Loaded:
     """`Loaded` variables of `ResNet(depth, width, num_classes)` from an in-memory torchvision
     state dict of numpy arrays (checks and errors as `load_torchvision_resnet`)."""
-    return _read(_MappingReader(arrays), source, depth, width, num_classes)
+    return _read(files.MappingReader(arrays), source, depth, width, num_classes)
 
 
 def load_torchvision_resnet(

@@ -111,6 +111,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.checkpoint_every = 2700
     c.keep_checkpoints = 2
+
+    # Collapse warning (jaxad.collapse): one log line when `patience` logged steps in a row have
+    # the loss within `rel_tol` of log(2B - 1), the loss of identical embeddings, or the
+    # embedding spread below `min_spread`. patience 0: off.
+    c.collapse = ml_collections.ConfigDict()
+    c.collapse.patience = 5
+    c.collapse.rel_tol = 0.01
+    c.collapse.min_spread = 0.01
     # Pre-training: no anomaly maps, so no evaluators (c.evals stays empty).
 
     if variant == "demo":

@@ -59,6 +59,10 @@ RESUMABLE = (
     "data.num_workers",
     "data.num_threads",
     "data.prefetch",
+    "data.nifti_cache",  # Where decoded slices are kept, not their values.
+    "data.nifti_cache_gb",
+    "data.on_corrupt",  # Unreadable files cannot be trained on either way.
+    "collapse.*",  # A warning's settings (jaxad.collapse).
     "model.fast_conv_grad",  # How kernel gradients are computed; not what they are.
     # Optimiser hyperparameters: the optimiser state keeps its shapes (e.g. a lower learning
     # rate after a NaN loss, resuming from the last good checkpoint).

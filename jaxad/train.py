@@ -23,7 +23,7 @@ import numpy as np
 from clu import parameter_overview
 from jax.experimental import multihost_utils
 
-from jaxad import checkpoint, evals, methods, parallel, run_config, writers
+from jaxad import checkpoint, collapse, evals, methods, parallel, run_config, writers
 from jaxad.data import pipeline, sources
 
 
@@ -234,6 +234,7 @@ def _train(config, workdir, method, mesh, ckpt, state, local_bs, preemption, dat
         make_train_step(method, config, mesh), "the training step"
     )
     progress = writers.Progress(num_steps, first_step)
+    collapsed = collapse.Detector.for_method(method, config)  # Contrastive methods.
 
     def evaluate(state, step: int) -> dict:
         results = evals.run(
@@ -302,6 +303,7 @@ def _train(config, workdir, method, mesh, ckpt, state, local_bs, preemption, dat
                         step, num_steps, metrics, rate["steps_per_sec"], rate["eta_sec"]
                     ),
                 )
+                collapsed.update(step, metrics)
         if evaluate_now:  # Before the save, whose meta says whether it finished.
             try:
                 evaluate(state, step)

@@ -94,6 +94,12 @@ class Method:
         what the best state minimises (e.g. minus kappa)."""
         raise NotImplementedError
 
+    # --- contrastive methods (`jaxad.collapse`) -----------------------------------------------
+    # collapse_level() -> float: the loss of identical embeddings (NT-Xent: log(2B - 1)); a
+    # method that defines it has the loop warn when its logged loss stays there (and its
+    # `spread` metric, if logged, falls to ~0). Not defined here: its absence means "not
+    # contrastive".
+
     # --- loading runs (`jaxad.checkpoint.load_run`, `config.init_from`) ------------------------
     def inference_state(self, state: State) -> State:
         """The part of the state that scoring needs. Default: the whole state."""

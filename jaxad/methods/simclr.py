@@ -27,6 +27,9 @@ VGG19 with SimCLR on the challenge's own slices (the SimCLR fork, config exp_1_m
   whenever the epoch's validation loss improved. The original drew new views at every
   validation (so its loss was noisier) and dropped the last incomplete batch; here that batch
   counts, its padding rows excluded from the negatives;
+- collapse: the training metrics include `spread`, the embedding spread across the batch, and
+  `collapse_level` gives log(2B - 1), the NT-Xent of identical embeddings; the loop warns when
+  the loss stays there (`jaxad.collapse`, settings `config.collapse`);
 - no anomaly map: the method has no `score` (the evaluators check for it), and its config
   runs no anomaly evaluation.
 
@@ -48,7 +51,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxad import writers
+from jaxad import collapse, writers
 from jaxad.methods.base import Method
 from jaxad.models.vgg import SimCLRModel, VGG19Features
 from jaxad.ops import augment, contrastive, conv, perceptual
@@ -209,17 +212,26 @@ class SimCLR(Method):
     def train_step(self, state: dict, batch: dict, key: jax.Array) -> tuple[dict, dict]:
         def loss_fn(params):
             z1, z2 = self.projections(params, key, batch["image"])
-            return perceptual.nt_xent(z1, z2, self.cfg.temperature)
+            return perceptual.nt_xent(z1, z2, self.cfg.temperature), (z1, z2)
 
         params = state["model"]["params"]
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+        (loss, (z1, z2)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt = self.tx.update(grads, state["opt"], params)
         new_state = {
             "step": state["step"] + 1,
             "model": {"params": optax.apply_updates(params, updates)},
             "opt": opt,
         }
-        return new_state, {"loss": loss, "lr": self.learning_rate(state["step"])}
+        spread = collapse.embedding_spread(jnp.concatenate([z1, z2], axis=0))
+        return new_state, {
+            "loss": loss,
+            "spread": spread,
+            "lr": self.learning_rate(state["step"]),
+        }
+
+    def collapse_level(self) -> float:
+        """NT-Xent of identical embeddings, log(2B - 1): what `jaxad.collapse` watches for."""
+        return math.log(2 * self.config.batch_size - 1)
 
     def eval_loss(self, state: dict, batch: dict, key: jax.Array) -> jax.Array:
         """[B] each example's share of its batch's NT-Xent (0 for padding rows)."""

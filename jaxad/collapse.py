@@ -86,10 +86,10 @@ class Detector:
         self.warned = True
         spread = f", embedding spread {float(metrics['spread']):.3g}" if "spread" in metrics else ""
         message = (
-            f"step {step}: the embeddings look collapsed: loss {float(metrics['loss']):.4g} "
-            f"within {self.rel_tol:.0%} of log(2B - 1) = {self.level:.4g}, the loss of "
-            f"identical embeddings{spread}, for {self.patience} logged steps in a row; the network "
-            "is likely useless: rerun with another config.seed."
+            f"step {step}: the embeddings look collapsed for {self.patience} logged steps in a "
+            f"row (loss {float(metrics['loss']):.4g}; identical embeddings give log(2B - 1) = "
+            f"{self.level:.4g}{spread}); the network is likely useless: rerun with another "
+            "config.seed."
         )
         writers.logger.warning("%s", message)
         return message

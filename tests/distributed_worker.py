@@ -35,9 +35,15 @@ state = methods.init_state(method, config, alone_mesh, 8)
 step = train.make_train_step(method, config, alone_mesh)
 state, _ = step(state, parallel.global_batch(alone_mesh, full), 1)
 alone = jax.device_get(state)
-diff = max(
-    float(np.max(np.abs(a - b)))
-    for a, b in zip(jax.tree.leaves(together), jax.tree.leaves(alone), strict=True)
+# The two runs reduce in another order, so float32 noise differs; one Adam step turns the noise of
+# a near-zero gradient element into up to lr (g / (|g| + eps)). So: the share of elements that
+# differ by more than 1e-5 + 1e-4 |b| (a wrong reduction would make most of them differ), and,
+# for information, the largest difference and where.
+pairs = list(
+    zip(jax.tree_util.tree_leaves_with_path(together), jax.tree.leaves(alone), strict=True)
 )
-print(f"MAXDIFF {diff}")
+off = sum(int(np.sum(np.abs(a - b) > 1e-5 + 1e-4 * np.abs(b))) for (_, a), b in pairs)
+total = sum(np.size(b) for _, b in pairs)
+diff, where = max((float(np.max(np.abs(a - b))), jax.tree_util.keystr(k)) for (k, a), b in pairs)
+print(f"MISMATCH {off / total} of {total}; MAXDIFF {diff} at {where}")
 print(f"PROCESS {pid} OF 2 OK")

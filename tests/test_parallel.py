@@ -93,8 +93,8 @@ def test_two_processes_train_together_on_loopback(fundus_root, tmp_path):
     for i, (so, _) in enumerate(outs):
         assert f"PROCESS {i} OF 2 OK" in so
     # The same parameters on both processes; the one-device reference agrees.
-    diffs = [float(so.split("MAXDIFF ")[1].split()[0]) for so, _ in outs]
-    assert max(diffs) < 1e-4
+    lines = [so.split("MISMATCH ")[1].splitlines()[0] for so, _ in outs]
+    assert max(float(line.split()[0]) for line in lines) < 1e-3, lines
     assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
     # Every evaluator gathers to process 0, which alone writes one report of every image.
     assert (tmp_path / "run" / "eval" / "metrics.json").is_file()

@@ -131,6 +131,39 @@ def cpu_sec() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def timed_call(fn) -> tuple[float, float]:
+    """Wall and CPU seconds (this process) of one call of `fn`."""
+    c0, t0 = cpu_sec(), time.perf_counter()
+    fn()
+    return time.perf_counter() - t0, cpu_sec() - c0
+
+
+def serve_parts(load: OtherLoad, info: dict, parts, prepare) -> None:
+    """A PyTorch runner's `--serve` loop: one timed call per part name read from stdin.
+
+    Prints {"info": info} first, then one JSON line per request ({"part", "sec", "cpu_sec"});
+    the first request of a part builds it with `prepare(part)` (which makes an untimed warm-up
+    call). "done" or the end of input ends it, with a last line holding the peak RSS and the
+    `other_cpus_busy` that `load` saw.
+    """
+    print(json.dumps({"info": info}), flush=True)
+    prepared = {}
+    for line in sys.stdin:
+        part = line.strip()
+        if part == "done":
+            break
+        if part not in parts:
+            print(json.dumps({"part": part, "error": "unknown part"}), flush=True)
+            continue
+        if part not in prepared:
+            prepared[part] = prepare(part)
+        sec, cpu = timed_call(prepared[part])
+        print(json.dumps({"part": part, "sec": sec, "cpu_sec": cpu}), flush=True)
+    print(
+        json.dumps({"peak_rss_bytes": peak_rss_bytes(), "other_cpus_busy": load.cpus()}), flush=True
+    )
+
+
 def threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 

@@ -42,7 +42,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -60,18 +59,6 @@ EYEPACS_STD = (0.27670302987098694, 0.20240527391433716, 0.1686241775751114)
 
 def _log(msg: str) -> None:
     print(f"[torch runner] {msg}", file=sys.stderr, flush=True)
-
-
-def _cpu_sec() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _call(fn: Callable[[], Any]) -> tuple[float, float]:
-    """Wall and CPU seconds of one call."""
-    c0, t0 = _cpu_sec(), time.perf_counter()
-    fn()
-    return time.perf_counter() - t0, _cpu_sec() - c0
 
 
 def nt_xent(torch: Any, z: Any, temperature: float) -> Any:
@@ -225,7 +212,7 @@ def run(args: argparse.Namespace) -> dict:
     for part in args.parts:
         t0 = time.perf_counter()
         fn = bench.prepare(part)
-        runs = [_call(fn) for _ in range(args.steps)]
+        runs = [bench_common.timed_call(fn) for _ in range(args.steps)]
         result = {
             "sec": statistics.median(t for t, _ in runs),
             "cpu_sec": statistics.median(c for _, c in runs),
@@ -251,25 +238,7 @@ def serve(args: argparse.Namespace) -> None:
     """
     load = bench_common.OtherLoad()
     bench = Bench(args)
-    print(json.dumps({"info": bench.info}), flush=True)
-    prepared: dict[str, Callable[[], Any]] = {}
-    for line in sys.stdin:
-        part = line.strip()
-        if part == "done":
-            break
-        if part not in PARTS:
-            print(json.dumps({"part": part, "error": "unknown part"}), flush=True)
-            continue
-        if part not in prepared:
-            prepared[part] = bench.prepare(part)
-        sec, cpu_sec = _call(prepared[part])
-        print(json.dumps({"part": part, "sec": sec, "cpu_sec": cpu_sec}), flush=True)
-    print(
-        json.dumps(
-            {"peak_rss_bytes": bench_common.peak_rss_bytes(), "other_cpus_busy": load.cpus()}
-        ),
-        flush=True,
-    )
+    bench_common.serve_parts(load, bench.info, PARTS, bench.prepare)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

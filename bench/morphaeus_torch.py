@@ -54,7 +54,6 @@ import functools
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -81,11 +80,6 @@ MORPH_EPOCH = 11  # the first epoch with the morph terms (the trainer's `epoch >
 
 def _log(msg: str) -> None:
     print(f"[torch runner] {msg}", file=sys.stderr, flush=True)
-
-
-def _cpu_sec() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _patch_for_cpu(torch: Any) -> None:
@@ -138,13 +132,6 @@ def _stand_ins(torch: Any) -> tuple[Any, Any]:
             return src + 1e-3 * flow[:, :1]
 
     return Identity(), CheapWarp()
-
-
-def _call(fn: Callable[[], Any]) -> tuple[float, float]:
-    """Wall and CPU seconds of one call."""
-    c0, t0 = _cpu_sec(), time.perf_counter()
-    fn()
-    return time.perf_counter() - t0, _cpu_sec() - c0
 
 
 class Original:
@@ -293,7 +280,7 @@ def run(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         fn = original.prepare(part)
         n = args.score_calls if part.startswith("score") else args.steps
-        runs = [_call(fn) for _ in range(n)]
+        runs = [bench_common.timed_call(fn) for _ in range(n)]
         result = {
             "sec": statistics.median(t for t, _ in runs),
             "cpu_sec": statistics.median(c for _, c in runs),
@@ -321,25 +308,7 @@ def serve(args: argparse.Namespace) -> None:
     """
     load = bench_common.OtherLoad()
     original = Original(args)
-    print(json.dumps({"info": original.info}), flush=True)
-    prepared: dict[str, Callable[[], Any]] = {}
-    for line in sys.stdin:
-        part = line.strip()
-        if part == "done":
-            break
-        if part not in PARTS:
-            print(json.dumps({"part": part, "error": "unknown part"}), flush=True)
-            continue
-        if part not in prepared:
-            prepared[part] = original.prepare(part)
-        sec, cpu_sec = _call(prepared[part])
-        print(json.dumps({"part": part, "sec": sec, "cpu_sec": cpu_sec}), flush=True)
-    print(
-        json.dumps(
-            {"peak_rss_bytes": bench_common.peak_rss_bytes(), "other_cpus_busy": load.cpus()}
-        ),
-        flush=True,
-    )
+    bench_common.serve_parts(load, original.info, PARTS, original.prepare)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

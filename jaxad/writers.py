@@ -151,6 +151,8 @@ def timed_first_call(fn, what: str):
         log_info("compiled %s in %.1f s", what, time.perf_counter() - start)
         return out
 
+    if hasattr(fn, "lower"):  # Ahead-of-time compilation (`.lower(...).compile()`) still works.
+        call.lower = fn.lower
     return call
 
 

@@ -159,3 +159,13 @@ def test_metric_writer_close_on_a_full_disk_is_a_warning_not_a_traceback(tmp_pat
     assert "could not finish writing the metrics" in caplog.text
     writer.close()  # closing again is a no-op
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_timed_first_call_keeps_ahead_of_time_lowering():
+    import jax
+    import jax.numpy as jnp
+
+    fn = writers.timed_first_call(jax.jit(lambda x: 2 * x), "doubling")
+    compiled = fn.lower(jnp.ones(3)).compile()
+    np.testing.assert_array_equal(compiled(jnp.ones(3)), 2 * np.ones(3))
+    np.testing.assert_array_equal(fn(jnp.ones(3)), 2 * np.ones(3))

@@ -164,6 +164,36 @@ def serve_parts(load: OtherLoad, info: dict, parts, prepare) -> None:
     )
 
 
+def run_alternating(calls, bench, make_runner, log) -> tuple[dict | None, float, float | None]:
+    """Runs `calls` ([(side, part)], side "jaxad" or "torch") one by one, alternating sides.
+
+    `bench.call(part)` times a jaxad part; `make_runner()` (None: no PyTorch side) starts the
+    runner whose `.call(part)` times a PyTorch one. Returns (the runner's report, or
+    {"error": ...} if it failed, or None; the wall seconds of the calls; `other_cpus_busy`
+    during them: the CPUs other processes used, the runner's own CPU time taken out).
+    """
+    load, t0, child0 = OtherLoad(), time.perf_counter(), children_cpu_sec()
+    runner, torch = None, None
+    try:
+        runner = make_runner()
+        for i, (side, part) in enumerate(calls, start=1):
+            sec = (bench if side == "jaxad" else runner).call(part)
+            log(f"{i}/{len(calls)} {side} {part}: {sec:.2f} s")
+        if runner:
+            torch = runner.close()
+    except (RuntimeError, OSError, ValueError) as e:
+        torch = {"error": str(e)}
+        log(f"the PyTorch side failed: {e}")
+    finally:
+        if runner:
+            runner.kill()
+    wall = time.perf_counter() - t0
+    busy = load.cpus()
+    # OtherLoad counts the runner (a child) as another process: take its CPU time out.
+    other = None if busy is None else round(max(busy - (children_cpu_sec() - child0) / wall, 0), 2)
+    return torch, wall, other
+
+
 def threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 

@@ -383,33 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     calls = _schedule(args)
     cfg = next(iter(bench.configs.values()))
     patch = int(bench.configs["lcl"].lcl.patch_size) if "lcl" in bench.configs else 128
-    load, t0, child0 = (
-        bench_common.OtherLoad(),
-        time.perf_counter(),
-        bench_common.children_cpu_sec(),
-    )
-    runner, torch = None, None
-    try:
-        if args.torch_python:
-            runner = TorchRunner(args, patch, int(cfg.data.image_size))
-        for i, (side, part) in enumerate(calls, start=1):
-            sec = (bench if side == "jaxad" else runner).call(part)
-            _log(f"{i}/{len(calls)} {side} {part}: {sec:.2f} s")
-        if runner:
-            torch = runner.close()
-    except (RuntimeError, OSError, ValueError) as e:
-        torch = {"error": str(e)}
-        _log(f"the PyTorch side failed: {e}")
-    finally:
-        if runner:
-            runner.kill()
-    wall = time.perf_counter() - t0
-    busy = load.cpus()
-    # OtherLoad counts the runner (a child) as another process: take its CPU time out.
-    other = (
-        None
-        if busy is None
-        else round(max(busy - (bench_common.children_cpu_sec() - child0) / wall, 0), 2)
+    torch, wall, other = bench_common.run_alternating(
+        calls,
+        bench,
+        lambda: TorchRunner(args, patch, int(cfg.data.image_size)) if args.torch_python else None,
+        _log,
     )
     jaxad = bench.result()
     jaxad["other_cpus_busy"] = other

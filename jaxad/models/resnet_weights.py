@@ -46,9 +46,8 @@ import numpy as np
 from flax import traverse_util
 
 from jaxad.convert import files
-from jaxad.models import vgg_weights
 from jaxad.models.resnet import ResNet
-from jaxad.models.vgg_weights import _NpzReader, _one_line, _SafetensorsReader
+from jaxad.models.vgg_weights import _one_line
 
 logger = logging.getLogger(__name__)
 
@@ -280,11 +279,8 @@ def load_torchvision_resnet(
         )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ResNet-{depth} weights {path} not found; {CONVERT_HINT}.")
-    reader_type = _SafetensorsReader if path.endswith(".safetensors") else _NpzReader
-    try:
-        reader = reader_type(path)
-    except ValueError as err:  # The shared readers' hint names the VGG module.
-        raise ValueError(str(err).replace(vgg_weights.CONVERT_HINT, CONVERT_HINT)) from None
+    reader_type = files.SafetensorsReader if path.endswith(".safetensors") else files.NpzReader
+    reader = reader_type(path, CONVERT_HINT)  # Its errors end with this module's hint.
     try:
         return _read(reader, path, depth, width, num_classes)
     finally:

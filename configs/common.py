@@ -45,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
     c.eval_every = 0  # 0: evaluate once, at the end.
+    # A JAX profiler trace of training steps N to M-1 ('N,M'; '' = off), written by process 0
+    # into workdir/profile (read by TensorBoard's profile plugin or XProf).
+    c.profile_steps = ""
 
     # Validation loss every N steps (methods with `eval_loss`), keeping the best state in
     # workdir/best and stopping after `patience` validations without a gain of `min_delta`.

@@ -47,6 +47,7 @@ RESUMABLE = (
     "checkpoint_every",
     "keep_checkpoints",
     "eval_every",
+    "profile_steps",
     "validation.*",
     "eval.*",
     "evals.*",

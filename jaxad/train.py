@@ -178,6 +178,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (mode=train) or evaluates the latest checkpoint (mode=eval); returns eval metrics."""
     if config.mode not in ("train", "eval"):
         raise ValueError(f"config.mode={config.mode!r}: use 'train' or 'eval'.")
+    profile_window(config.get("profile_steps", ""))  # A bad value fails before anything runs.
     run_config.check(config, workdir)  # Before anything is written: a changed model stops here.
     parallel.initialize_distributed(config.distributed)
     mesh = parallel.make_mesh()
@@ -234,6 +235,7 @@ def _train(config, workdir, method, mesh, ckpt, state, local_bs, preemption, dat
         make_train_step(method, config, mesh), "the training step"
     )
     progress = writers.Progress(num_steps, first_step)
+    profiler = _Profiler(profile_window(config.get("profile_steps", "")), workdir)
     collapsed = collapse.Detector.for_method(method, config)  # Contrastive methods.
 
     def evaluate(state, step: int) -> dict:
@@ -251,6 +253,7 @@ def _train(config, workdir, method, mesh, ckpt, state, local_bs, preemption, dat
         return results
 
     def stopped(step: int, during: str = "", then: str = "resume") -> dict:
+        profiler.stop()
         ckpt.close()
         validation.close()
         writer.close()
@@ -276,7 +279,9 @@ def _train(config, workdir, method, mesh, ckpt, state, local_bs, preemption, dat
         preemption.arm(False)  # Until the first step has run (compiling), SIGTERM ends it.
     for step in range(first_step + 1, (first_step if early_stop else num_steps) + 1):
         batch = parallel.global_batch(mesh, next(train_it))
+        profiler.before(step)
         state, metrics = train_step(state, batch, step)
+        profiler.after(step, (state, metrics))
         if step == first_step + 1:
             progress.started(step)  # Rates and ETA count step times, not the compilation.
         preemption.arm()  # From the first step on, a SIGTERM saves the current state.
@@ -323,6 +328,7 @@ def _train(config, workdir, method, mesh, ckpt, state, local_bs, preemption, dat
                 validation.best_step,
             )
             break
+    profiler.stop()
     ckpt.close()
     preemption.arm()  # Also in a rerun that only evaluates: SIGTERM stops the evaluation.
     try:
@@ -338,6 +344,58 @@ def _train(config, workdir, method, mesh, ckpt, state, local_bs, preemption, dat
         return stopped(step, " during the final evaluation", then="evaluate")
     writer.close()
     return {**validation.meta(), **results}
+
+
+def profile_window(value: str) -> tuple[int, int] | None:
+    """`config.profile_steps` 'N,M' as (N, M), the steps N to M-1 to trace; '' is None (off)."""
+    text = str(value or "").strip()
+    if not text:
+        return None
+    try:
+        first, stop = (int(part) for part in text.split(","))
+    except ValueError:
+        first = stop = 0
+    if not 1 <= first < stop:
+        raise ValueError(
+            f"config.profile_steps={value!r}: use 'N,M', integers with 1 <= N < M (traces "
+            "training steps N to M-1), or '' for no trace."
+        )
+    return first, stop
+
+
+class _Profiler:
+    """A JAX profiler trace of the training steps in `window` = (N, M), into workdir/profile.
+
+    Process 0 alone traces (its trace shows the collectives that wait for the other hosts), so
+    one run writes one trace. Each traced step's outputs are waited for, so that the trace holds
+    the step's device work, not just its dispatch. Choose N after the first step of a start,
+    whose time is mostly compilation; a run resumed inside the window traces from its first step.
+    """
+
+    def __init__(self, window: tuple[int, int] | None, workdir: str):
+        self._window = window if jax.process_index() == 0 else None
+        self.directory = os.path.join(workdir, "profile")
+        self._active = False
+
+    def before(self, step: int) -> None:
+        if self._window and not self._active and self._window[0] <= step < self._window[1]:
+            jax.profiler.start_trace(self.directory)
+            self._active = True
+            writers.log_info(
+                "profiling steps %d to %d into %s", step, self._window[1] - 1, self.directory
+            )
+
+    def after(self, step: int, outputs: Any) -> None:
+        if self._active:
+            jax.block_until_ready(outputs)
+            if step + 1 >= self._window[1]:
+                self.stop()
+
+    def stop(self) -> None:
+        if self._active:
+            jax.profiler.stop_trace()
+            self._active = False
+            writers.log_info("profile written to %s", self.directory)
 
 
 def _validate(validation: _Validation, writer, state, step: int, log: bool = True) -> bool:

@@ -41,7 +41,17 @@ setuptools.setup(
         "etils[epath]>=1.5",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "ruff>=0.6", "dill>=0.3"],
+        "test": [
+            "pytest>=8.0",
+            "pytest-xdist>=3.5",
+            "ruff>=0.6",
+            "dill>=0.3",
+            # tests/test_gcs_paths.py: gs:// runs against a local fake GCS server.
+            "gcsfs>=2024.2",
+            "gcp-storage-emulator>=2024.8",
+        ],
+        # Workdirs, data and weights on Cloud Storage (gs://): gcsfs is etils.epath's backend.
+        "gcs": ["gcsfs>=2024.2"],
         # To view a run's `tensorboard/` folder: tensorboard --logdir=WORKDIR/tensorboard
         "tensorboard": ["tensorboard>=2.14"],
     },

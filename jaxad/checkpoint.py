@@ -38,7 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from jaxad import methods, parallel, writers
+from jaxad import methods, parallel, paths, writers
 
 # Where each kind of saved state lives under a workdir: the loop's latest checkpoints and the
 # best validated state (kept when `config.validation` is on).
@@ -150,11 +150,12 @@ def _quiet_abandoned_io() -> None:
 def _empty_files(directory: str) -> list[str]:
     """The empty files under `directory` (relative paths): a checkpoint writes none."""
     out = []
-    for root, _, files in os.walk(directory):
-        for f in sorted(files):
-            path = os.path.join(root, f)
-            if os.path.getsize(path) == 0:
-                out.append(os.path.relpath(path, os.path.dirname(directory)))
+    top = paths.path(directory)
+    if not top.is_dir():
+        return out
+    for path in paths.files_under(top):
+        if path.stat().length == 0:
+            out.append(path.relative_to(top.parent).as_posix())
     return out
 
 
@@ -174,7 +175,7 @@ class Checkpointer:
 
         `keep=None` keeps every checkpoint (for reading a run without touching it).
         """
-        self.directory = os.path.abspath(os.path.join(workdir, name))
+        self.directory = paths.abspath(paths.join(workdir, name))
         self.every_steps = every_steps
         self._saving: int | None = None  # The step of a save not yet known to have succeeded.
         self._closed = False
@@ -186,7 +187,7 @@ class Checkpointer:
             create=True,
         )
         self._manager = ocp.CheckpointManager(
-            self.directory,
+            paths.path(self.directory),
             options=options,
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
@@ -233,7 +234,7 @@ class Checkpointer:
 
     def _save_error(self, error: Exception) -> CheckpointError:
         step, self._saving = self._saving, None
-        where = self.directory if step is None else os.path.join(self.directory, str(step))
+        where = self.directory if step is None else paths.join(self.directory, str(step))
         good = [s for s in self._manager.all_steps() if s != step]
         kept = (
             f"the last good checkpoint (step {max(good)}) is intact"
@@ -281,7 +282,7 @@ class Checkpointer:
                 if step is None:
                     writers.logger.warning(
                         "checkpoint %s does not restore (%s); trying the one before.",
-                        os.path.join(self.directory, str(candidate)),
+                        paths.join(self.directory, str(candidate)),
                         why,
                     )
                 continue
@@ -291,7 +292,7 @@ class Checkpointer:
         newest, why = failed[0]
         if step is not None:
             raise CheckpointError(
-                f"checkpoint {os.path.join(self.directory, str(newest))} does not restore: {why}."
+                f"checkpoint {paths.join(self.directory, str(newest))} does not restore: {why}."
             )
         raise CheckpointError(
             f"no checkpoint in {self.directory} restores (step {newest}: {why}); to start over, "
@@ -302,13 +303,14 @@ class Checkpointer:
     def _restore_step(self, step: int, abstract: Any, data_iter: Any | None):
         """(state, meta) of `step`; each item is read alone, so an error names the item."""
         args = {"meta": ocp.args.JsonRestore(), "state": ocp.args.StandardRestore(abstract)}
-        if data_iter is not None and os.path.isdir(os.path.join(self.directory, str(step), "data")):
+        saved_data = paths.path(self.directory) / str(step) / "data"
+        if data_iter is not None and saved_data.is_dir():
             args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         elif data_iter is not None:  # Saved without a data position (`jaxad.convert`'s step 0).
             writers.log_info(
                 "checkpoint %s holds no data position: the training data starts from the "
                 "beginning of its order.",
-                os.path.join(self.directory, str(step)),
+                paths.join(self.directory, str(step)),
             )
         restored = {}
         for name in ("meta", "data", "state"):
@@ -317,7 +319,7 @@ class Checkpointer:
             try:
                 item = self._manager.restore(step, args=ocp.args.Composite(**{name: args[name]}))
             except Exception as e:
-                empty = _empty_files(os.path.join(self.directory, str(step), name))
+                empty = _empty_files(paths.join(self.directory, str(step), name))
                 found = f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty; "
                 found = found if empty else ""
                 raise CheckpointError(f"its {_ITEMS[name]} ({name}/): {found}{cause(e)}") from e
@@ -330,12 +332,12 @@ class Checkpointer:
         """Renames unreadable step folders to `<step>.unreadable` (process 0; all wait)."""
         if jax.process_index() == 0:
             for step in steps:
-                path = os.path.join(self.directory, str(step))
+                path = paths.join(self.directory, str(step))
                 target, n = f"{path}.unreadable", 1
-                while os.path.exists(target):
+                while paths.path(target).exists():
                     n += 1
                     target = f"{path}.unreadable-{n}"
-                os.rename(path, target)
+                paths.path(path).rename(target)
                 writers.logger.warning("kept the unreadable checkpoint as %s", target)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
@@ -373,11 +375,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     """
     from configs import common  # The base config: every key the shared code reads.
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = paths.path(paths.join(workdir, "config.json"))
+    if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {workdir} the workdir of a jaxad run?")
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+    saved = json.loads(path.read_text(encoding="utf-8"))
     config = common.get_config()
     config.update(saved)
     if "evals" not in saved and config.method:
@@ -400,7 +401,7 @@ class Run:
 
 def saved_step(workdir: str, source: str) -> int | None:
     """The newest step saved in the `source` folder of `workdir`; never creates the folder."""
-    if not os.path.isdir(os.path.join(workdir, FOLDERS[source])):
+    if not (paths.path(workdir) / FOLDERS[source]).is_dir():
         return None
     ckpt = Checkpointer(workdir, every_steps=0, keep=None, async_save=False, name=FOLDERS[source])
     try:
@@ -416,8 +417,8 @@ def _sources(workdir: str, prefer: str) -> list[str]:
     if found:
         return found
     raise FileNotFoundError(
-        f"no checkpoint in {os.path.join(workdir, 'checkpoints')} or "
-        f"{os.path.join(workdir, 'best')}: train first (mode=train) with this workdir."
+        f"no checkpoint in {paths.join(workdir, 'checkpoints')} or "
+        f"{paths.join(workdir, 'best')}: train first (mode=train) with this workdir."
     )
 
 
@@ -445,7 +446,7 @@ def load_run(workdir: str | os.PathLike, prefer: str = "best", mesh: Mesh | None
     if prefer not in FOLDERS:
         raise ValueError(f"prefer={prefer!r} is not one of {', '.join(FOLDERS)}.")
     workdir = os.fspath(workdir)
-    if not os.path.isdir(workdir):
+    if not paths.path(workdir).is_dir():
         raise FileNotFoundError(
             f"{workdir} not found: give the workdir of a finished jaxad run (python -m "
             "jaxad.main --workdir=DIR)."

@@ -23,13 +23,14 @@ lines with an ETA follow a long run.
 from __future__ import annotations
 
 import csv
+import io
 import os
 
 import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from jaxad import cli
+from jaxad import cli, paths
 
 PROG = "jaxad.predict"
 
@@ -61,12 +62,20 @@ def predict(workdir: str, input_dir: str, output_dir: str, batch_size: int = 0) 
         rows = _predict_batched(
             config, run.method, run.state, mesh, src, input_dir, output_dir, local_bs
         )
-    path = os.path.join(output_dir, "scores.csv")
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "score"])
-        w.writerows((p, f"{s:.6g}") for p, s in rows)
+    path = paths.join(output_dir, "scores.csv")
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(["path", "score"])
+    w.writerows((p, f"{s:.6g}") for p, s in rows)
+    paths.path(path).write_bytes(text.getvalue().encode())
     return path
+
+
+def _save_map(stem: str, amap: np.ndarray) -> None:
+    """Writes `<stem>.npy` (a local path or `gs://`), creating its folder."""
+    paths.makedirs(os.path.dirname(stem))
+    with paths.writable(stem + ".npy") as target:
+        np.save(target, amap)
 
 
 def _check_hook(run, hook: str) -> None:
@@ -143,9 +152,8 @@ def _predict_full_resolution(
             skipped.append(rec["id"])
             continue
         amap = np.asarray(method.dense_map(state, image, jax.random.fold_in(key, i)), np.float32)
-        stem = os.path.join(output_dir, os.path.splitext(rec["id"])[0])
-        os.makedirs(os.path.dirname(stem), exist_ok=True)
-        np.save(stem + ".npy", amap)
+        stem = paths.join(output_dir, os.path.splitext(rec["id"])[0])
+        _save_map(stem, amap)
         score = float(amap.max())
         panel = viz.side_by_side(
             *core.downscale(image, amap)[:2], title=_title(rec["id"], score), colorbar=True
@@ -175,15 +183,14 @@ def _predict_batched(
     for local, out in core.score_stream(method, state, mesh, batches, config.seed):
         for j in np.flatnonzero(local["valid"]):
             rel = str(local["id"][j])
-            full = os.path.join(input_dir, rel)
-            with Image.open(full) as im:
+            full = paths.join(src.root, rel)
+            with Image.open(paths.readable(full)) as im:
                 size = im.size
             if min(size) < config.data.image_size:
                 small.append(f"{rel} ({size[0]}x{size[1]})")
             amap = _resize_map(out["map"][j], size)
-            stem = os.path.join(output_dir, os.path.splitext(rel)[0])
-            os.makedirs(os.path.dirname(stem), exist_ok=True)
-            np.save(stem + ".npy", amap)
+            stem = paths.join(output_dir, os.path.splitext(rel)[0])
+            _save_map(stem, amap)
             image = sources.read_image(full, config.data.channels)
             score = float(out["image_score"][j])
             panel = viz.side_by_side(image, amap, title=_title(rel, score), colorbar=True)

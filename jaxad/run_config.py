@@ -27,12 +27,11 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import shutil
 from typing import Any
 
 import ml_collections
 
-from jaxad import writers
+from jaxad import paths, writers
 
 CONFIG_FILE = "config.json"
 HISTORY_DIR = "config_history"
@@ -137,12 +136,11 @@ def _show(value: Any, limit: int = 60) -> str:
 
 def load_saved(workdir: str) -> dict | None:
     """The workdir's `config.json` as a dict, or None if there is none."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = paths.join(workdir, CONFIG_FILE)
+    if not paths.path(path).exists():
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(paths.path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ValueError(
             f"cannot read {path} ({e}); move it away to start this run afresh."
@@ -152,8 +150,7 @@ def load_saved(workdir: str) -> dict | None:
 def has_saved_state(workdir: str) -> bool:
     """Whether `workdir` holds a checkpoint (`checkpoints/<step>` or `best/<step>`)."""
     for folder in ("checkpoints", "best"):
-        path = os.path.join(workdir, folder)
-        if os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path)):
+        if any(name.isdigit() for name in paths.names(paths.join(workdir, folder))):
             return True
     return False
 
@@ -191,28 +188,25 @@ def save(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[str, Any
     Logs and returns the differences from the previous config (none for a first start). Call
     on one process only.
     """
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, CONFIG_FILE)
+    paths.makedirs(workdir)
+    path = paths.join(workdir, CONFIG_FILE)
     text = config.to_json_best_effort(indent=2)
     saved = load_saved(workdir)
     changes = [] if saved is None else differences(saved, json.loads(text))
     if saved is not None and not changes:
         return []
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
     if saved is not None:
-        history = os.path.join(workdir, HISTORY_DIR)
-        os.makedirs(history, exist_ok=True)
-        n = 1 + max((_history_index(name) for name in os.listdir(history)), default=0)
-        kept = os.path.join(history, f"config.{n}.json")
-        shutil.copyfile(path, kept)
+        history = paths.path(workdir) / HISTORY_DIR
+        history.mkdir(parents=True, exist_ok=True)
+        n = 1 + max((_history_index(name) for name in paths.names(history)), default=0)
+        kept = os.fspath(history / f"config.{n}.json")
+        paths.path(path).copy(kept)
         writers.logger.info(
             "config changed since the last start (%s); the previous one is kept as %s",
             describe(changes),
             kept,
         )
-    os.replace(tmp, path)  # A reader sees the old file or the new one, never half of one.
+    paths.write_text_atomic(path, text)  # A reader sees the old file or the new, not half.
     return changes
 
 

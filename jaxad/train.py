@@ -23,7 +23,7 @@ import numpy as np
 from clu import parameter_overview
 from jax.experimental import multihost_utils
 
-from jaxad import checkpoint, collapse, evals, methods, parallel, run_config, writers
+from jaxad import checkpoint, collapse, evals, methods, parallel, paths, run_config, writers
 from jaxad.data import pipeline, sources
 
 
@@ -374,12 +374,17 @@ class _Profiler:
 
     def __init__(self, window: tuple[int, int] | None, workdir: str):
         self._window = window if jax.process_index() == 0 else None
-        self.directory = os.path.join(workdir, "profile")
+        self.directory = paths.join(workdir, "profile")
         self._active = False
+        self._mirror = None  # A gs:// workdir: traced locally, uploaded at stop.
 
     def before(self, step: int) -> None:
         if self._window and not self._active and self._window[0] <= step < self._window[1]:
-            jax.profiler.start_trace(self.directory)
+            local = self.directory
+            if paths.is_remote(self.directory):
+                self._mirror = paths.LocalMirror(self.directory)
+                local = self._mirror.local
+            jax.profiler.start_trace(local)
             self._active = True
             writers.log_info(
                 "profiling steps %d to %d into %s", step, self._window[1] - 1, self.directory
@@ -395,6 +400,9 @@ class _Profiler:
         if self._active:
             jax.profiler.stop_trace()
             self._active = False
+            if self._mirror is not None:
+                self._mirror.close()
+                self._mirror = None
             writers.log_info("profile written to %s", self.directory)
 
 

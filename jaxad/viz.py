@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from jaxad import paths
+
 __all__ = ["labelled_row", "map_range", "outline", "overlay", "save_png", "side_by_side"]
 
 _OUTLINE_RGB = (0, 255, 0)
@@ -227,8 +229,9 @@ def labelled_row(
     return np.asarray(canvas)
 
 
-def save_png(path: str | os.PathLike[str], array: Any) -> Path:
-    """Writes a uint8 (or bool) [H, W] or [H, W, 1|3|4] array as PNG, creating parent folders."""
+def save_png(path: str | os.PathLike[str], array: Any) -> Path | paths.Path:
+    """Writes a uint8 (or bool) [H, W] or [H, W, 1|3|4] array as PNG, creating parent folders
+    (a local path or `gs://`)."""
     array = np.asarray(array)
     if array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
@@ -238,7 +241,8 @@ def save_png(path: str | os.PathLike[str], array: Any) -> Path:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise ValueError(f"cannot write an image of shape {array.shape}")
-    path = Path(path)
+    path = paths.path(path) if paths.is_remote(path) else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG")
+    with paths.writable(path) as target:
+        Image.fromarray(array).save(target, format="PNG")
     return path

@@ -17,21 +17,34 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxad import paths
+
+# A run whose workdir is on Cloud Storage uploads its metrics at most this often (and at every
+# flush and at the end).
+SYNC_EVERY_SEC = 30.0
+
 
 class MetricWriter:
     """Writes scalars to `workdir/metrics.jsonl` and `workdir/tensorboard/` (process 0 only)."""
 
     def __init__(self, workdir: str, *, enabled: bool | None = None):
+        """A `gs://` workdir gets its files written to a local folder and uploaded (`flush`)."""
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._jsonl = None
         self._tb = None
+        self._mirror: paths.LocalMirror | None = None
         if not self.enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
+        paths.makedirs(workdir)
+        if paths.is_remote(workdir):  # No appends on Cloud Storage: write locally, upload.
+            self._mirror = paths.LocalMirror(workdir)
+            self._mirror.pull("metrics.jsonl")
+            workdir = self._mirror.local
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         from tensorboardX import SummaryWriter  # Imported lazily: only process 0 needs it.
 
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._synced = time.monotonic()
 
     def write_scalars(self, step: int, scalars: dict[str, Any]) -> None:
         if not self.enabled:
@@ -41,6 +54,8 @@ class MetricWriter:
         self._jsonl.flush()
         for k, v in values.items():
             self._tb.add_scalar(k, v, int(step))
+        if self._mirror is not None and time.monotonic() - self._synced >= SYNC_EVERY_SEC:
+            self.flush()
 
     def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
         """Adds an HWC uint8 image to TensorBoard (e.g. an anomaly-map overlay)."""
@@ -51,6 +66,9 @@ class MetricWriter:
         if self.enabled:
             self._jsonl.flush()
             self._tb.flush()
+            if self._mirror is not None:
+                self._mirror.sync()
+                self._synced = time.monotonic()
 
     def close(self) -> None:
         if not self.enabled:
@@ -59,6 +77,8 @@ class MetricWriter:
         try:  # A full disk must not turn the run's own one-line error into a traceback.
             self._jsonl.close()
             self._tb.close()
+            if self._mirror is not None:
+                self._mirror.close()
         except OSError as e:
             logger.warning("could not finish writing the metrics (%s: %s).", type(e).__name__, e)
 

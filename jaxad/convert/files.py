@@ -9,11 +9,14 @@ and `safetensors.torch.save_file` (see the README).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from jaxad import paths
 
 EXTENSIONS = (".safetensors", ".npz")
 
@@ -32,9 +35,13 @@ class SafetensorsReader:
     def __init__(self, path: str, hint: str):
         import safetensors
 
+        # safetensors maps a local file: a gs:// file is copied to a temporary one first.
+        self._local = contextlib.ExitStack()
+        local = self._local.enter_context(paths.local_file(path))
         try:
-            self._handle = safetensors.safe_open(path, framework="numpy")
+            self._handle = safetensors.safe_open(local, framework="numpy")
         except Exception as err:  # SafetensorError: not a safetensors header
+            self._local.close()
             raise ValueError(
                 f"{path} is not a valid safetensors file ({one_line(err)}); {hint}."
             ) from None
@@ -43,6 +50,7 @@ class SafetensorsReader:
 
     def close(self) -> None:
         self._handle.__exit__(None, None, None)
+        self._local.close()
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._file.get_slice(key).get_shape())
@@ -56,7 +64,7 @@ class NpzReader:
 
     def __init__(self, path: str, hint: str):
         try:
-            data = np.load(path, allow_pickle=False)
+            data = np.load(paths.readable(path), allow_pickle=False)
         except Exception as err:
             raise ValueError(
                 f"{path} is not a readable .npz archive ({one_line(err)}); {hint}."
@@ -97,14 +105,15 @@ class MappingReader:
 
 
 def open_reader(path: str | os.PathLike, hint: str) -> SafetensorsReader | NpzReader:
-    """A reader for a local `.safetensors` or `.npz` file; one-line errors end with `hint`."""
+    """A reader for a `.safetensors` or `.npz` file (local or `gs://`); one-line errors end with
+    `hint`."""
     path = os.fspath(path)
     if not path.endswith(EXTENSIONS):
         raise ValueError(
             f"{path}: unknown extension, expected .safetensors or .npz (pickle and torch files "
             f"are never read); {hint}."
         )
-    if not os.path.isfile(path):
+    if not paths.path(path).is_file():
         raise FileNotFoundError(f"{path} not found; {hint}.")
     if path.endswith(".safetensors"):
         return SafetensorsReader(path, hint)
@@ -115,12 +124,13 @@ def write_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> s
     """Writes {key: array} to `path` (`.safetensors` or `.npz`, by its extension)."""
     path = os.fspath(path)
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    if path.endswith(".safetensors"):
-        import safetensors.numpy
-
-        safetensors.numpy.save_file(arrays, path)
-    elif path.endswith(".npz"):
-        np.savez(path, **arrays)
-    else:
+    if not path.endswith(EXTENSIONS):
         raise ValueError(f"{path}: unknown extension, expected .safetensors or .npz.")
+    with paths.local_target(path) as local:
+        if path.endswith(".safetensors"):
+            import safetensors.numpy
+
+            safetensors.numpy.save_file(arrays, local)
+        else:
+            np.savez(local, **arrays)
     return path

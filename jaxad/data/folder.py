@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from jaxad import paths as jpaths  # `paths` names lists of files here.
 from jaxad.data.fov import check_fov_kind, field_of_view
 from jaxad.data.records import (  # noqa: F401  (BadFilesError, ON_CORRUPT: folder.* names too)
     ON_CORRUPT,
@@ -58,13 +59,14 @@ def min_side_for(input_size: int) -> int:
     return max(1, int(input_size) // FAR_SMALLER)
 
 
-def _is_image(path: pathlib.Path) -> bool:
+def _is_image(path: jpaths.Path) -> bool:
+    """The name first: on Cloud Storage each `is_file` is a request."""
     return (
-        path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+        not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
     )
 
 
-def _list_images(folder: pathlib.Path) -> list[pathlib.Path]:
+def _list_images(folder: jpaths.Path) -> list[jpaths.Path]:
     return sorted(p for p in folder.iterdir() if _is_image(p))
 
 
@@ -89,7 +91,7 @@ def read_image(path: str | os.PathLike, channels: int) -> np.ndarray:
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     try:
-        with Image.open(path) as img:
+        with Image.open(jpaths.readable(path)) as img:
             img.load()
             img = _to_uint8(img).convert("L" if channels == 1 else "RGB")
             arr = np.asarray(img, dtype=np.uint8)
@@ -101,7 +103,7 @@ def read_image(path: str | os.PathLike, channels: int) -> np.ndarray:
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """Reads a mask file as uint8 [H, W] in {0, 1} (any non-zero pixel is anomalous)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(jpaths.readable(path)) as img:
             img.load()
             arr = np.asarray(_to_uint8(img).convert("L"), dtype=np.uint8)
     except Exception as e:
@@ -168,12 +170,12 @@ class FolderSource:
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         check_fov_kind(fov)
-        self.root = pathlib.Path(root).expanduser()
+        self.root = jpaths.path(root)
         self.split = split
         self.channels = channels
         self.fov = fov
         # Each entry: (image path, label, mask path or None, has_mask).
-        self._entries: list[tuple[pathlib.Path, int, pathlib.Path | None, bool]] = []
+        self._entries: list[tuple[jpaths.Path, int, jpaths.Path | None, bool]] = []
 
         if not self.root.is_dir():
             raise FileNotFoundError(f"data folder {self.root} does not exist; {FOLDER_LAYOUT}")
@@ -237,7 +239,7 @@ class FolderSource:
         perm = np.random.default_rng(HOLDOUT_SEED).permutation(n)
         return {int(i) for i in perm[:n_val]}
 
-    def _test_entries(self) -> list[tuple[pathlib.Path, int, pathlib.Path | None, bool]]:
+    def _test_entries(self) -> list[tuple[jpaths.Path, int, jpaths.Path | None, bool]]:
         test_dir = self.root / "test"
         if not test_dir.is_dir():
             raise FileNotFoundError(f"missing folder {test_dir}; {FOLDER_LAYOUT}")
@@ -301,10 +303,10 @@ class ImageListSource:
     def __init__(self, root: str | os.PathLike, *, channels: int, fov: str = "ones"):
         check_fov_kind(fov)
         self.fov = fov
-        self.root = pathlib.Path(root).expanduser()
+        self.root = jpaths.path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"input folder {self.root} does not exist")
-        self.paths = sorted(p for p in self.root.rglob("*") if p.is_file() and _is_image(p))
+        self.paths = [p for p in jpaths.files_under(self.root) if _is_image(p)]
         if not self.paths:
             raise ValueError(f"no images (png, jpg, jpeg, bmp, tif) found under {self.root}")
         self.channels = channels
@@ -354,7 +356,7 @@ def _inspect(path: str) -> ImageInfo:
     """Decodes one file. PNG's own checksums find truncation and damage without decoding
     (`verify`); JPEG, BMP and TIFF only show it when their pixels are decoded (`load`)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(jpaths.readable(path)) as img:
             size, mode = img.size, img.mode
             if img.format == "PNG":
                 img.verify()
@@ -381,6 +383,9 @@ _LOCK = threading.Lock()
 
 def _stat_key(path: str) -> tuple[str, int, int] | None:
     try:
+        if jpaths.is_remote(path):
+            st = jpaths.path(path).stat()
+            return (path, int(st.length or 0), int(st.mtime or 0))
         st = os.stat(path)
     except OSError:
         return None
@@ -435,7 +440,7 @@ def check_images(
     paths = [str(p) for p in paths]
     if not paths:
         return {}
-    folder = os.path.commonpath([os.path.abspath(p) for p in paths])
+    folder = os.path.commonpath([jpaths.abspath(p) for p in paths])
     keys = [_stat_key(p) for p in paths]
     with _LOCK:
         if any(k is not None and k not in _SEEN for k in keys):

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from jaxad import paths as jpaths  # `paths` names lists of volumes here.
 from jaxad.data import slices, splits
 from jaxad.data.records import ConcatSource, ImageReadError, Source, apply_on_corrupt
 
@@ -57,8 +58,9 @@ _MIN_FREE_BYTES = 2 * 1024**3
 _STARTED = time.time()
 
 
-def _is_nifti(path: pathlib.Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(SUFFIXES)
+def _is_nifti(path: jpaths.Path) -> bool:
+    """The name first: on Cloud Storage each `is_file` is a request."""
+    return not path.name.startswith(".") and path.name.lower().endswith(SUFFIXES) and path.is_file()
 
 
 def volume_name(rel: str) -> str:
@@ -82,12 +84,29 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     return (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
 
 
-def _open(path: pathlib.Path):
-    """The nibabel image of a 3-D volume (header only; data stay on disk)."""
+def load_remote(path: jpaths.Path):
+    """A NIfTI image read whole into memory (nibabel opens only local files by name)."""
+    import gzip
+
+    import nibabel as nib
+
+    data = path.read_bytes()
+    if path.name.lower().endswith(".gz"):
+        data = gzip.decompress(data)
+    if len(data) >= 4 and int.from_bytes(data[:4], "little") == 540:  # NIfTI-2 header size
+        return nib.Nifti2Image.from_bytes(data)
+    return nib.Nifti1Image.from_bytes(data)
+
+
+def _open(path: jpaths.Path | pathlib.Path):
+    """The nibabel image of a 3-D volume (header only for a local file; data stay on disk).
+
+    A `gs://` volume is read into memory whole.
+    """
     import nibabel as nib
 
     try:
-        img = nib.load(os.fspath(path))
+        img = load_remote(jpaths.path(path)) if jpaths.is_remote(path) else nib.load(path)
     except _load_errors() as e:
         raise ImageReadError(f"cannot read volume {path}: {e}") from e
     if len(img.shape) != 3:
@@ -97,7 +116,7 @@ def _open(path: pathlib.Path):
 
 def read_volume(path: str | os.PathLike, dtype: str | np.dtype = "float16") -> np.ndarray:
     """A whole 3-D volume as the mood builder reads it: float32 from nibabel, then `dtype`."""
-    path = pathlib.Path(path)
+    path = jpaths.path(path)
     img = _open(path)
     try:
         data = img.get_fdata(dtype=np.float32, caching="unchanged")
@@ -298,7 +317,7 @@ class NiftiFolderSource:
             raise ValueError(f"dtype must be float16 or float32, got {dtype}")
         if slice_cache_gb < 0:
             raise ValueError(f"slice_cache_gb must be >= 0, got {slice_cache_gb}")
-        self.root = pathlib.Path(root).expanduser()
+        self.root = jpaths.path(root)
         self.split = split
         self.axis = int(axis)
         self.resize = int(resize) if resize else None
@@ -307,6 +326,11 @@ class NiftiFolderSource:
         self.cache_volumes = max(1, int(cache_volumes))
         if cache_dir is None or cache_dir is True:
             cache_dir = default_cache_dir()
+        if cache_dir and jpaths.is_remote(cache_dir):
+            raise ValueError(
+                f"cache_dir {cache_dir}: the NIfTI slice cache must be a local folder (it is "
+                "read slice by slice); give a local path, e.g. the default $JAXAD_DATA_DIR."
+            )
         self._cache_dir = pathlib.Path(cache_dir) if cache_dir else None
         self.slice_cache = bool(slice_cache) and self._cache_dir is not None
         self.slice_cache_bytes = int(float(slice_cache_gb) * 1e9)
@@ -314,7 +338,9 @@ class NiftiFolderSource:
         if not self.root.is_dir():
             raise FileNotFoundError(f"NIfTI folder {self.root} does not exist")
         paths = sorted(
-            p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if _is_nifti(p)
+            p.relative_to(self.root).as_posix()
+            for p in jpaths.files_under(self.root)
+            if _is_nifti(p)
         )
         if not paths:
             raise ValueError(f"no NIfTI volumes (*.nii.gz, *.nii) under {self.root}")
@@ -347,13 +373,18 @@ class NiftiFolderSource:
 
     # -- Index and slice cache --------------------------------------------------------------
 
-    def _index_key(self, path: pathlib.Path) -> str:
-        stat = path.stat()
+    def _index_key(self, path: jpaths.Path) -> str:
+        if jpaths.is_remote(path):
+            st = path.stat()
+            where, size, mtime = str(path), int(st.length or 0), int(st.mtime or 0) * 10**9
+        else:
+            st = os.stat(path)
+            where, size, mtime = str(path.resolve()), st.st_size, st.st_mtime_ns
         key = {
             "version": _INDEX_VERSION,
-            "path": str(path.resolve()),
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
+            "path": where,
+            "size": size,
+            "mtime_ns": mtime,
             "axis": self.axis,
             "resize": self.resize,
             "min_nonzero": self.min_nonzero,
@@ -460,8 +491,9 @@ class NiftiFolderSource:
 
     def _slice(self, rel: str, index: int) -> np.ndarray:
         path = self.root / rel
-        if not rel.lower().endswith(".gz"):
-            img = _open(path)  # A plain file: only its header is read here.
+        # A plain local file: only its header is read here (a remote one is decoded whole).
+        if not rel.lower().endswith(".gz") and not jpaths.is_remote(path):
+            img = _open(path)
             if _memory_mapped(img):
                 try:
                     return _mapped_slice(img, self.axis, index, self.dtype)

@@ -29,13 +29,13 @@ The classes and helpers of the source modules are re-exported here, so ``sources
 
 from __future__ import annotations
 
-import pathlib
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 from jaxad.data import folder, splits
 from jaxad.data.folder import (
@@ -56,6 +56,7 @@ from jaxad.data.tfds_source import (
     default_tfds_data_dir,
     not_prepared_message,
 )
+from jaxad.paths import check_backend
 
 __all__ = [
     "DEMOS",
@@ -125,7 +126,7 @@ def _graded_folder_source(root: Any, data_cfg, split: str) -> Source:
     if folder.apply_on_corrupt(messages, on_corrupt, what, total=len(src)):
         return src
     kept = SubsetSource(src, sorted(set(range(len(src))) - set(bad)))
-    kept.skipped = [pathlib.Path(paths[i]).relative_to(src.root).as_posix() for i in bad]
+    kept.skipped = [epath.Path(paths[i]).relative_to(src.root).as_posix() for i in bad]
     return kept
 
 
@@ -214,6 +215,8 @@ def _tfds(data_cfg, split: str) -> Source:
     one `ConcatSource` (e.g. ``"mood/brain_axis0,mood/brain_axis1"``)."""
     names = [n.strip() for n in (data_cfg.tfds_name or data_cfg.name).split(",") if n.strip()]
     data_dir = data_cfg.data_dir or None
+    if data_dir:
+        check_backend(data_dir)  # tfds reads gs:// data_dirs too, given gcsfs.
     if len(names) > 1:
         return ConcatSource([TfdsSource(n, split, data_dir=data_dir) for n in names])
     return TfdsSource(names[0], split, data_dir=data_dir)

@@ -20,7 +20,6 @@ An evaluator's loop calls `core.check_stop()` once per batch, so that a run told
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from jaxad import writers
+from jaxad import paths, writers
 from jaxad.evals import core
 
 _NOT_EVALUATORS = ("core",)
@@ -101,7 +100,7 @@ def run(
             result = _module(name, ecfg).evaluate(ecfg, config, method, state, mesh)
             results.update({f"{ecfg.prefix}{k}": v for k, v in result.metrics.items()})
             tables.append((ecfg.prefix, result))
-    core.write_reports(os.path.join(workdir, "eval"), results, tables)
+    core.write_reports(paths.join(workdir, "eval"), results, tables)
     writers.log_info("eval at step %d: %s", step, _summary(results))
     return results
 

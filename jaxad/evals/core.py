@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import io
 import itertools
 import json
 import os
@@ -29,7 +30,7 @@ from jax.sharding import Mesh
 from PIL import Image
 
 from jaxad import metrics as metrics_lib
-from jaxad import parallel, viz, writers
+from jaxad import parallel, paths, viz, writers
 from jaxad.data import pipeline, sources, transforms
 
 # Overlays of full-resolution maps are downscaled so that their long side is at most this.
@@ -157,15 +158,7 @@ def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every process's rows (JSON-able dicts), in process order; identity on one process."""
     if jax.process_count() == 1:
         return rows
-    data = np.frombuffer(json.dumps(rows).encode(), np.uint8)
-    lengths = np.asarray(multihost_utils.process_allgather(np.array([data.size]))).reshape(-1)
-    padded = np.zeros(int(lengths.max()), np.uint8)
-    padded[: data.size] = data
-    parts = multihost_utils.process_allgather(padded)
-    out = []
-    for part, length in zip(parts, lengths, strict=True):
-        out.extend(json.loads(bytes(part[:length]).decode()))
-    return out
+    return [row for part in parallel.gather_json(rows) for row in part]
 
 
 # --- metrics of anomaly maps -----------------------------------------------------------------
@@ -409,8 +402,8 @@ def write_reports(out_dir: str, results: dict, tables: list[tuple[str, Result]])
     """
     if jax.process_index() != 0:
         return
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
+    paths.makedirs(out_dir)
+    with paths.path(paths.join(out_dir, "metrics.json")).open("w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
     merged: dict[str, dict[str, Any]] = {}
     columns: list[str] = list(ROW_KEYS)
@@ -424,16 +417,17 @@ def write_reports(out_dir: str, results: dict, tables: list[tuple[str, Result]])
                 if prefix + k not in columns:
                     columns.append(prefix + k)
     if merged:
-        with open(os.path.join(out_dir, "scores.csv"), "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(columns)
-            for row in merged.values():
-                w.writerow([_cell(row.get(c, "")) for c in columns])
+        text = io.StringIO(newline="")
+        w = csv.writer(text)
+        w.writerow(columns)
+        for row in merged.values():
+            w.writerow([_cell(row.get(c, "")) for c in columns])
+        paths.path(paths.join(out_dir, "scores.csv")).write_bytes(text.getvalue().encode())
     for prefix, result in tables:
         if not result.overlays:
             continue
-        d = os.path.join(out_dir, "overlays", prefix.strip("/").replace("/", "_"))
-        os.makedirs(d, exist_ok=True)
+        d = paths.join(out_dir, "overlays", prefix.strip("/").replace("/", "_"))
+        paths.makedirs(d)
         for it in result.overlays:
             stem = os.path.splitext(it["id"])[0].replace("/", "_").replace(os.sep, "_")
             panel = it.get("panel")
@@ -446,7 +440,7 @@ def write_reports(out_dir: str, results: dict, tables: list[tuple[str, Result]])
                     title=_overlay_title(it),
                     colorbar=True,
                 )
-            viz.save_png(os.path.join(d, f"{stem}_label{it['label']}.png"), panel)
+            viz.save_png(paths.join(d, f"{stem}_label{it['label']}.png"), panel)
 
 
 def _overlay_title(it: dict[str, Any]) -> str:

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxad import paths
 from jaxad.convert import files
 from jaxad.models.resnet import ResNet
 from jaxad.models.vgg_weights import _one_line
@@ -277,7 +278,7 @@ def load_torchvision_resnet(
             f"{path}: unknown extension, expected .safetensors or .npz holding "
             f"{_expected_keys(depth)} (pickle and torch files are never read); {CONVERT_HINT}."
         )
-    if not os.path.isfile(path):
+    if not paths.path(path).is_file():
         raise FileNotFoundError(f"ResNet-{depth} weights {path} not found; {CONVERT_HINT}.")
     reader_type = files.SafetensorsReader if path.endswith(".safetensors") else files.NpzReader
     reader = reader_type(path, CONVERT_HINT)  # Its errors end with this module's hint.

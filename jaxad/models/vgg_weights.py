@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxad import paths
 from jaxad.convert import files
 from jaxad.models.torch_import import (
     TORCHVISION_CONV_INDICES,
@@ -66,7 +67,7 @@ def _NpzReader(path: str) -> files.NpzReader:  # noqa: N802 (a reader type)
 
 
 def load_vgg19_imagenet(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
-    """The `VGG19Features` params (numpy, float32, HWIO kernels) from a local `.safetensors` or
+    """The `VGG19Features` params (numpy, float32, HWIO kernels) from a `.safetensors` or
     `.npz` file with torchvision's `vgg19().features` key names (see the module docstring).
 
     Raises FileNotFoundError for a missing file and ValueError for an unknown extension, an
@@ -79,7 +80,7 @@ def load_vgg19_imagenet(path: str | os.PathLike) -> dict[str, dict[str, np.ndarr
             f"{path}: unknown extension, expected .safetensors or .npz holding {EXPECTED_KEYS} "
             f"(pickle and torch files are never read); {CONVERT_HINT}."
         )
-    if not os.path.isfile(path):
+    if not paths.path(path).is_file():
         raise FileNotFoundError(f"VGG19 weights {path} not found; {CONVERT_HINT}.")
     reader: Any = _SafetensorsReader(path) if path.endswith(".safetensors") else _NpzReader(path)
     try:

@@ -8,7 +8,9 @@ r"""MOOD challenge tools: predict with trained DPA models, evaluate, make a synt
 
 predict: every NIfTI volume in --input scored by the axis models (workdirs of finished
 `jaxad.methods.dpa` runs), written as the challenge expects: pixel, a float NIfTI of the input's
-shape and name; sample, ``<name>.txt`` holding one float.
+shape and name; sample, ``<name>.txt`` holding one float. In a multi-process job
+(--coordinator_address, --num_processes, --process_id; run the same command in every process)
+each process predicts and writes its share of the volumes.
 
 evaluate: the official metric (`jaxad.mood.metric`): average precision over the voxels (pixel) or
 the cases (sample) of all cases pooled; prints a JSON summary (also written to --out). A
@@ -32,9 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import pathlib
 import sys
 from collections.abc import Sequence
+
+from jaxad import paths
 
 EXIT_USAGE = 2
 PROG = "python -m jaxad.mood"
@@ -61,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
         "'auto' (default): each axis model's training filter (data.min_nonzero), scaled down to "
         "the slice area (the submission's 4000 on MOOD's volumes).",
     )
+    p.add_argument(
+        "--coordinator_address",
+        default="",
+        help="host:port of process 0 of a multi-process job; each process then predicts its "
+        "share of the volumes (on Cloud TPU pods, --num_processes alone finds the peers).",
+    )
+    p.add_argument("--num_processes", type=int, default=1, help="Processes of the job.")
+    p.add_argument("--process_id", type=int, default=0, help="This process, 0..num_processes-1.")
 
     e = sub.add_parser("evaluate", help="The official MOOD metric of a prediction folder.")
     e.add_argument("--pred", required=True, help="Folder of predictions.")
@@ -96,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    input_dir = pathlib.Path(args.input).expanduser()
+    input_dir = paths.path(args.input)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"input folder {input_dir} does not exist")
     model_dirs = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -107,15 +120,39 @@ def _predict(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be positive, got {args.batch_size}")
     min_sum = _min_intensity_sum(args.min_intensity_sum)
+    _join_processes(args)
     from jaxad.mood import inference  # Imported here: only predict needs JAX and the models.
 
     inference.predict_folder(
         str(input_dir),
-        str(pathlib.Path(args.output).expanduser()),
+        os.fspath(paths.path(args.output)),
         task=args.task,
         model_dirs=model_dirs,
         batch_size=args.batch_size,
         min_intensity_sum=min_sum,
+    )
+
+
+def _join_processes(args: argparse.Namespace) -> None:
+    """Joins the multi-process job that --num_processes > 1 names (before JAX starts)."""
+    if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
+        raise ValueError(
+            f"--process_id={args.process_id} is not in 0..{args.num_processes - 1} "
+            "(--num_processes - 1)"
+        )
+    if args.num_processes == 1 and not args.coordinator_address:
+        return
+    from types import SimpleNamespace
+
+    from jaxad import parallel
+
+    parallel.initialize_distributed(
+        SimpleNamespace(
+            enabled=True,
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
     )
 
 
@@ -133,7 +170,7 @@ def _min_intensity_sum(value: str) -> float | str | None:
 
 def _check_axis_model(workdir: str) -> None:
     """A one-line error for a workdir that is not a DPA run (before any model is loaded)."""
-    path = pathlib.Path(workdir).expanduser() / "config.json"
+    path = paths.path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{workdir} is not a finished run (no config.json)")
     try:

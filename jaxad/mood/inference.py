@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxad import paths as jpaths  # `paths` names lists of volumes here.
 from jaxad.models.dpa import Autoencoder
 from jaxad.models.vgg import LAYER_NAMES, VGG19Features
 from jaxad.ops import perceptual
@@ -372,12 +373,12 @@ def list_volumes(input_dir: str) -> list[str]:
     The challenge's container gets a folder of volumes only, so anything else means a wrong
     mount; failing before any work is done says so at once.
     """
-    if not os.path.isdir(input_dir):
+    if not jpaths.path(input_dir).is_dir():
         raise InputError(f"{input_dir}: input folder does not exist or is not a folder.")
-    names = sorted(os.listdir(input_dir))
+    names = sorted(jpaths.names(input_dir))
     for name in names:
         path = os.path.join(input_dir, name)
-        if not (os.path.isfile(path) and name.endswith(NIFTI_SUFFIXES)):
+        if not (name.endswith(NIFTI_SUFFIXES) and jpaths.path(path).is_file()):
             raise InputError(f"{path}: not a NIfTI file (.nii or .nii.gz); remove it.")
     if not names:
         raise InputError(f"{input_dir}: no NIfTI volumes (.nii or .nii.gz) in the input folder.")
@@ -388,8 +389,10 @@ def check_volume(path: str):
     """The loaded (lazy) NIfTI image of `path` after checking it is a 3-D real-valued volume."""
     import nibabel as nib
 
-    try:
-        image = nib.load(path)
+    from jaxad.data import nifti
+
+    try:  # A gs:// volume is read into memory whole.
+        image = nifti.load_remote(jpaths.path(path)) if jpaths.is_remote(path) else nib.load(path)
     except Exception as e:  # nibabel raises several types for a bad header.
         raise InputError(f"{path}: cannot be read as NIfTI ({type(e).__name__}: {e}).") from e
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
@@ -407,7 +410,7 @@ def read_volume(image) -> np.ndarray:
     try:
         return np.asarray(image.get_fdata(dtype=np.float32, caching="unchanged"))
     except Exception as e:  # Truncated or corrupt data: zlib, EOF and nibabel errors.
-        name = image.get_filename()
+        name = image.get_filename() or "a volume"
         raise InputError(f"{name}: cannot read the voxels ({type(e).__name__}: {e}).") from e
 
 
@@ -416,12 +419,12 @@ def write_pixel(path: str, p: np.ndarray, image) -> None:
     out = type(image)(np.asarray(p, np.float32), image.affine, image.header)
     out.set_data_dtype(np.float32)
     out.header.set_slope_inter(1.0, 0.0)
-    out.to_filename(path)
+    with jpaths.local_target(path) as local:  # nibabel writes file names only.
+        out.to_filename(local)
 
 
 def write_sample(path: str, score: float) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(str(float(score)))
+    jpaths.path(path).write_text(str(float(score)))
 
 
 def predict_files(
@@ -441,7 +444,7 @@ def predict_files(
     if not models:
         raise ValueError("no axis models given.")
     images = [check_volume(p) for p in paths]  # All headers first: fail before any work.
-    os.makedirs(output_dir, exist_ok=True)
+    jpaths.makedirs(output_dir)
     written = []
     for path, image in zip(paths, images, strict=True):
         t0 = time.perf_counter()
@@ -498,6 +501,15 @@ def load_axis_models(model_dirs: Sequence[str]) -> list[AxisModel]:
     ]
 
 
+def _on_this_device(tree: Any) -> Any:
+    """A replicated state as arrays of this process's first device.
+
+    With several processes each one predicts other volumes, so its computations must not span
+    the other processes' devices, as the restored (globally replicated) arrays do.
+    """
+    return jax.device_put(jax.device_get(tree), jax.local_devices()[0])
+
+
 def axis_model(run: Any) -> AxisModel:
     """The `AxisModel` of a loaded DPA run (`jaxad.checkpoint.Run`)."""
     config, inference = run.config, run.state
@@ -505,8 +517,8 @@ def axis_model(run: Any) -> AxisModel:
         raise InputError(f"{run.workdir} is a run of method {config.method!r}, not a DPA model.")
     return AxisModel(
         axis=int(config.dpa.axis),
-        ae=_params(inference["ae"]),
-        vgg=_params(inference["vgg"]),
+        ae=_on_this_device(_params(inference["ae"])),
+        vgg=_on_this_device(_params(inference["vgg"])),
         nf=int(config.model.nf),
         latent_dim=int(config.model.latent_dim),
         vgg_layer=str(config.dpa.vgg_layer),
@@ -559,7 +571,10 @@ def predict_folder(
 ) -> list[str]:
     """Scores every volume in `input_dir` with the axis models in `model_dirs` (the CLI's entry).
 
-    Pixel: `OUT/<name>` float32 NIfTI of the input's shape; sample: `OUT/<name>.txt`.
+    Pixel: `OUT/<name>` float32 NIfTI of the input's shape; sample: `OUT/<name>.txt`. With
+    several processes (`jax.distributed`), process i predicts and writes the volumes
+    i::process_count (in sorted order) and returns those; the function returns when every
+    process has finished.
     """
     from jaxad import writers
 
@@ -591,11 +606,25 @@ def predict_folder(
             else f"its training filter ({model.min_nonzero:g} at "
             f"{model.train_resize or 'native'} px), scaled to the slice area",
         )
-    return predict_files(
-        paths,
+    mine = paths[jax.process_index() :: jax.process_count()]
+    if jax.process_count() > 1:
+        writers.log_info(
+            "process %d of %d: %d of the %d volumes",
+            jax.process_index(),
+            jax.process_count(),
+            len(mine),
+            len(paths),
+        )
+    written = predict_files(
+        mine,
         output_dir,
         models,
         task=task,
         options=options,
         log=lambda msg: writers.log_info("%s", msg),
     )
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxad.mood predict")  # Every volume is written.
+    return written

@@ -8,6 +8,7 @@ or a multi-host pod.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -20,14 +21,15 @@ DATA_AXIS = "data"
 
 
 def initialize_distributed(dist_cfg: Any) -> None:
-    """Joins a multi-process job when the config names a coordinator (no-op otherwise).
+    """Joins a multi-process job when the config names a coordinator (no-op otherwise, or when
+    this process has joined already).
 
     On Cloud TPU pods `jax.distributed.initialize()` finds its peers by itself: set
     `distributed.enabled=True` and leave the address empty. On CPU the collectives use gloo.
     `dist_cfg` is `config.distributed` (configs/common.py).
     """
-    if not dist_cfg.enabled:
-        return
+    if not dist_cfg.enabled or jax.distributed.is_initialized():
+        return  # Joined already: one process may run several commands (training, prediction).
     # Cross-process collectives on CPU go through gloo; accelerators ignore this setting. (The
     # backend cannot be queried here: that would initialise it before the job is joined.)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -81,3 +83,20 @@ def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Arra
         for k, v in local.items()
         if np.asarray(v).dtype.kind in "biuf"
     }
+
+
+def gather_json(obj: Any) -> list[Any]:
+    """Every process's JSON-able `obj`, in process order (`[obj]` on one process).
+
+    For small host-side results (per-image rows, lesion boxes); every process must call it.
+    """
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.array([data.size]))).reshape(-1)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[: data.size] = data
+    parts = multihost_utils.process_allgather(padded)
+    return [json.loads(bytes(p[:n]).decode()) for p, n in zip(parts, lengths, strict=True)]

@@ -91,19 +91,35 @@ def candidate_boxes(src: Source, split: str, ids: list[str]) -> dict[str, np.nda
         stamp += [str(files[0]), str(os.path.getmtime(files[0]))]
     key = hashlib.sha256("|".join(stamp).encode()).hexdigest()[:16]
     path = _cache_dir() / f"candidates_{key}.json"
-    if path.exists():
+    if all(_everywhere(path.exists())):
         return box_files.read_boxes(path)
     logging.info("lesion candidates of the %d images of %s/%s (once)", len(src), where, split)
-    found = {}
-    for i, image_id in enumerate(ids):
+    # With several processes each finds the candidates of its share of the images.
+    index, count = _process()
+    mine = {}
+    for i in range(index, len(ids), count):
         rec = src[i]
-        found[image_id] = candidates.lesion_candidates(rec["image"], fov=rec["fov"] > 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.json")
-    box_files.write_boxes(tmp, found)
-    os.replace(tmp, path)
+        mine[ids[i]] = candidates.lesion_candidates(rec["image"], fov=rec["fov"] > 0)
+    found = {}
+    for part in _everywhere({k: v.tolist() for k, v in mine.items()}):
+        found.update({k: box_files.check_boxes(v, f"candidates of {k}") for k, v in part.items()})
+    found = {image_id: found[image_id] for image_id in ids}
+    box_files.write_boxes(path, found)  # Atomic, so processes sharing the folder may all write.
     logging.info("lesion candidates cached in %s", path)
     return found
+
+
+def _process() -> tuple[int, int]:
+    import jax
+
+    return jax.process_index(), jax.process_count()
+
+
+def _everywhere(obj):
+    """`obj` of every process (`[obj]` on one); every process calls it at the same point."""
+    from jaxad import parallel
+
+    return parallel.gather_json(obj)
 
 
 class BoxedSource:

@@ -1,8 +1,8 @@
-r"""PICARD's sampling throughput: M completions per window in one vmapped call against a loop.
+r"""PICARD's sampling throughput (vmap, lax.map, Python loop over M) and window skipping.
 
     python bench/picard.py --out=picard.json [--window_batches=1,4,8,32] [--calls=N]
-        [--parts=vmapped,loop,dense] [--dense_batch=N] [--dense_calls=N] [--crop=512x640]
-        [--image=2000x2500]
+        [--parts=vmapped,map,loop,dense,skip] [--dense_batch=N] [--dense_calls=N]
+        [--crop=512x640] [--image=2000x2500] [--skip_image=768x1024] [--skip_batch=1]
     python bench/picard.py --out=picard_smoke.json --smoke      # tiny model, checks the script
 
 Model: configs/picard.py as published (generator width 32, 3,596,162 parameters; local critic
@@ -16,9 +16,15 @@ and a 1000 x 1250 extrapolation target; it runs in under a minute and only check
 
 Parts (each window batch and each part in its own subprocess, `bench/common.spawn_child`, so
 that peak memory and the XLA state are its own):
-- `vmapped`: `Picard.window_scores`, the scorer `dense_map` and evaluation use: one compiled
-  call completes `window_batch` windows M times each (a `vmap` over windows of a `vmap` over
-  the M dropout keys: one generator pass on window_batch x M samples) and computes their MCDs.
+- `vmapped`: `Picard.window_scores` with `picard.sampling='vmap'` (what 'auto' runs on GPU
+  and TPU): one compiled call completes `window_batch` windows M times each (a `vmap` over
+  windows of a `vmap` over the M dropout keys: one generator pass on window_batch x M samples)
+  and computes their MCDs.
+- `map`: the same scorer with `picard.sampling='map'` (what 'auto' runs on CPU): a `lax.map`
+  over the M completions inside the compiled call, M generator passes on window_batch samples.
+  `sampler[window_batch]` then holds `map_speedup` = vmapped / map seconds per call (and
+  `map_cpu_speedup`, the same for CPU seconds), both from this run, and
+  `map_max_abs_score_diff` (same keys: an error above 1e-3 of the largest score).
 - `loop`: the same model driven one completion per call: a Python loop over m = 0 .. M - 1
   calling a jitted single-completion function (the generator with `sample=True` on the same
   `window_batch` windows, each window with its m-th dropout key, i.e. the keys the vmapped
@@ -36,8 +42,8 @@ Every function is compiled ahead of time (`jitted.lower(...).compile()`), so com
 measured on its own and the timed calls run that executable; the persistent compilation cache
 is off. Each timed call ends with `jax.block_until_ready`; one untimed warm-up call comes first.
 
-Output: one JSON object `{"env", "setup", "sampler", "best_window_batch", "dense"}`, printed
-and written to `--out`.
+Output: one JSON object `{"env", "setup", "sampler", "best_window_batch", "dense", "skip"}`,
+printed and written to `--out`.
 - `env`: versions, backend, CPU (as bench/lesion2void.py).
 - `setup`: the config (`smoke`, window, box, M, stride, widths, dropout layers, metrics), the
   parameter counts `generator_params`, `local_critic_params` and `init_sec` (`method.init`).
@@ -83,6 +89,15 @@ and written to `--out`.
   chunk, not by the image, so the two differ only by host arrays of the image's size (the
   image, its map; tens of MB at 2000 x 2500); `map_shape`,
   `map_finite` (False is reported as an error); `other_cpus_busy`.
+- `skip`: `dense_map` on a DBT-like `--skip_image` (`dbt_like_image`: phantom texture in a half
+  ellipse against the left border, exactly 0 outside) with `picard.ignore_black_regions`
+  False and True, one compiled scorer for both (`--skip_batch` windows per call; sampling as
+  'auto' resolves), calls alternated (`--dense_calls` each): `grid`, `windows`,
+  `skipped_windows`, `skipped_share`, `background_share` (pixels), `chunks`,
+  `chunks_skipping`; `sec_all`, `sec_skipping` (medians; `_all` lists), `cpu_sec_*`;
+  `speedup` = sec_all / sec_skipping and `cpu_speedup`; `computed_windows_max_abs_diff`
+  (the computed windows' scores with and without skipping: an error above 1e-3 of the largest
+  score) and `skipped_windows_max_abs_value` (must be 0).
 """
 
 from __future__ import annotations
@@ -107,7 +122,7 @@ import common as bench_common  # noqa: E402  (bench/common.py)
 import lesion2void as l2v_bench  # noqa: E402  (bench/lesion2void.py: shared measurement helpers)
 
 CONFIG_FILE = REPO / "configs" / "picard.py"
-PARTS = ("vmapped", "loop", "dense")
+PARTS = ("vmapped", "map", "loop", "dense", "skip")
 # The loop and the vmapped scorer compute the same scores; batch sizes may only reassociate sums.
 SCORE_RTOL = 1e-3
 DEFAULTS = {
@@ -117,6 +132,8 @@ DEFAULTS = {
         "dense_calls": 1,
         "crop": "512x640",
         "image": "2000x2500",
+        "skip_image": "768x1024",
+        "skip_batch": 1,
     },
     "smoke": {
         "window_batches": "1,4",
@@ -124,6 +141,8 @@ DEFAULTS = {
         "dense_calls": 3,
         "crop": "128x160",
         "image": "1000x1250",
+        "skip_image": "128x192",
+        "skip_batch": 4,
     },
 }
 
@@ -256,25 +275,32 @@ def run_env(smoke: bool, params_file: str | None) -> dict:
     return {"env": env, "setup": setup}
 
 
-def run_vmapped(smoke: bool, window_batch: int, calls: int, params_file: str | None) -> dict:
-    """Times `Picard.window_scores`: window_batch x M completions and their MCDs per call."""
+def run_vmapped(
+    smoke: bool, window_batch: int, calls: int, params_file: str | None, sampling: str = "vmap"
+) -> dict:
+    """Times `Picard.window_scores` with `picard.sampling`: window_batch x M completions and
+    their MCDs per call ('vmap': one generator pass; 'map': a `lax.map` of M passes)."""
     load = bench_common.OtherLoad()
     config = load_config(smoke)
+    config.picard.sampling = sampling
     method, params, windows, key = _setup(config, window_batch, params_file)
     import numpy as np
 
     first = np.uint32(0)
     compiled, compile_sec = l2v_bench._compile(method.window_scores, params, windows, key, first)
-    _log(f"vmapped {window_batch}: compiled in {compile_sec:.1f} s")
+    _log(f"{sampling} {window_batch}: compiled in {compile_sec:.1f} s")
     out: dict[str, Any] = {"window_batch": window_batch, "compile_sec": compile_sec}
+    out["sampling"] = sampling
     out["memory"] = l2v_bench._memory(compiled)
-    out["xla_flops_per_call"] = l2v_bench._flops(compiled)
+    if sampling == "vmap":  # XLA counts a `lax.map` body once, not M times
+        out["xla_flops_per_call"] = l2v_bench._flops(compiled)
     timing = _timed_calls(lambda: compiled(params, windows, key, first), calls)
     out["scores"] = _scores_json(timing.pop("output"))
     out.update(timing)
     _throughput(out, window_batch, method.num_completions)
-    out["xla_gflops_per_sec"] = out["xla_flops_per_call"] / out["sec_per_call"] / 1e9
-    _log(f"vmapped {window_batch}: {out['sec_per_call']:.2f} s per call")
+    if "xla_flops_per_call" in out:
+        out["xla_gflops_per_sec"] = out["xla_flops_per_call"] / out["sec_per_call"] / 1e9
+    _log(f"{sampling} {window_batch}: {out['sec_per_call']:.2f} s per call")
     out["peak_rss_bytes"] = bench_common.peak_rss_bytes()
     out["other_cpus_busy"] = load.cpus()
     return out
@@ -386,12 +412,13 @@ def run_dense(
 
     from jaxad.ops import heatmap
 
-    first = np.uint32(0)
-    compiled, compile_sec = l2v_bench._compile(method.window_scores, params, windows, key, first)
+    first = np.arange(window_batch, dtype=np.uint32)
+    compiled, compile_sec = l2v_bench._compile(method.window_scores_at, params, windows, key, first)
     # `grid_scores` calls the instance's scorer with these argument shapes: run exactly this
     # executable, so that `chunk_memory` describes what `dense_map` runs.
-    method.window_scores = compiled
+    method.window_scores_at = compiled
     out: dict[str, Any] = {"window_batch": window_batch, "compile_sec": compile_sec}
+    out["sampling"] = method.sampling
     out["chunk_memory"] = l2v_bench._memory(compiled)
     _, out["warmup_sec"], _ = l2v_bench._timed(lambda: compiled(params, windows, key, first))
     out["peak_rss_after_warmup_bytes"] = bench_common.peak_rss_bytes()
@@ -446,6 +473,84 @@ def run_dense(
     return out
 
 
+def dbt_like_image(rng, height: int, width: int):
+    """(unit-scale [H, W, 1] image, background [H, W] bool): a DBT view's layout.
+
+    A phantom texture (`jaxad.data.phantom.normal_image`, kept in [0.02, 1]) inside a half
+    ellipse against the left border (the breast at the chest wall, semi-axes 0.48 H and 0.8 W),
+    exactly 0 outside: the background the original's `ignore_black_regions` skips.
+    """
+    import numpy as np
+
+    from jaxad.data import phantom
+
+    texture = phantom.normal_image(rng, max(height, width))[0][:height, :width]
+    r, c = np.mgrid[:height, :width]
+    inside = ((r - (height - 1) / 2) / (0.48 * height)) ** 2 + (c / (0.8 * width)) ** 2 <= 1
+    image = np.where(inside, np.clip(texture, 0.02, 1.0), 0.0).astype(np.float32)
+    return image[..., None], ~inside
+
+
+def run_skip(
+    smoke: bool, window_batch: int, calls: int, size: tuple, params_file: str | None
+) -> dict:
+    """Times `dense_map` on a DBT-like image with and without `ignore_black_regions`."""
+    load = bench_common.OtherLoad()
+    config = load_config(smoke)
+    method, params, windows, key = _setup(config, window_batch, params_file)
+    import numpy as np
+
+    from jaxad import methods
+    from jaxad.methods import picard
+
+    config.picard.ignore_black_regions = True
+    skipping = methods.create(config)
+    indices = np.arange(window_batch, dtype=np.uint32)
+    compiled, compile_sec = l2v_bench._compile(
+        method.window_scores_at, params, windows, key, indices
+    )
+    method.window_scores_at = skipping.window_scores_at = compiled  # one executable for both
+    l2v_bench._timed(lambda: compiled(params, windows, key, indices))
+    image, background = dbt_like_image(np.random.default_rng(config.seed), *size)
+    rows, cols = method.grid(*size)
+    black = picard.black_windows(image, rows, cols, method.window)
+    out: dict[str, Any] = {"window_batch": window_batch, "compile_sec": compile_sec}
+    out["sampling"] = method.sampling
+    out["image"] = list(size)
+    out["grid"] = [int(rows.size), int(cols.size)]
+    out["windows"] = int(black.size)
+    out["skipped_windows"] = int(black.sum())
+    out["skipped_share"] = float(black.mean())
+    out["background_share"] = float(background.mean())
+    out["chunks"] = math.ceil(black.size / window_batch)
+    out["chunks_skipping"] = math.ceil((black.size - black.sum()) / window_batch)
+    times: dict[str, list] = {"all": [], "skipping": []}
+    cpu: dict[str, list] = {"all": [], "skipping": []}
+    maps = {}
+    for i in range(calls):  # alternated, so that a change of load hits both alike
+        for name, m in (("all", method), ("skipping", skipping)):
+            maps[name], sec, cpu_sec = l2v_bench._timed(lambda m=m: m.dense_map(params, image, key))
+            times[name].append(sec)
+            cpu[name].append(cpu_sec)
+            _log(f"skip: {name} call {i + 1}/{calls} {sec:.2f} s")
+    for name in times:
+        out[f"sec_{name}_all"] = times[name]
+        out[f"sec_{name}"] = statistics.median(times[name])
+        out[f"cpu_sec_{name}"] = statistics.median(cpu[name])
+    out["speedup"] = out["sec_all"] / out["sec_skipping"]
+    out["cpu_speedup"] = out["cpu_sec_all"] / out["cpu_sec_skipping"]
+    # The computed windows score as without skipping: the maps agree where no skipped window
+    # reaches (the cubic interpolation spreads a skipped window's 0 up to two grid cells).
+    grid_all = method.grid_scores(params, image, key)[method.image_metric]
+    grid_skip = skipping.grid_scores(params, image, key)[method.image_metric]
+    out["computed_windows_max_abs_diff"] = float(np.abs(grid_all - grid_skip)[~black].max())
+    out["computed_windows_max_abs_score"] = float(np.abs(grid_all[~black]).max(initial=0.0))
+    out["skipped_windows_max_abs_value"] = float(np.abs(grid_skip[black]).max(initial=0.0))
+    out["peak_rss_bytes"] = bench_common.peak_rss_bytes()
+    out["other_cpus_busy"] = load.cpus()
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Driver: one subprocess per measurement, results combined here
 # ---------------------------------------------------------------------------------------------
@@ -467,6 +572,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dense_calls", type=int, help="timed dense_map calls (default 1; smoke 3)")
     p.add_argument("--crop", help="dense_map image, HxW (default 512x640; smoke 128x160)")
     p.add_argument("--image", help="extrapolation target, HxW (default 2000x2500; smoke 1000x1250)")
+    p.add_argument("--skip_image", help="DBT-like image of skip, HxW (default 768x1024)")
+    p.add_argument("--skip_batch", type=int, help="window batch of skip (default 1; smoke 4)")
     p.add_argument("--_child", help=argparse.SUPPRESS)
     p.add_argument("--_result", help=argparse.SUPPRESS)
     p.add_argument("--_params", help=argparse.SUPPRESS)
@@ -484,11 +591,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     try:
         args.window_batches = [int(b) for b in args.window_batches.split(",") if b.strip()]
         args.crop, args.image = _size(args.crop), _size(args.image)
+        args.skip_image = _size(args.skip_image)
     except ValueError as e:
         p.error(f"--window_batches, --crop, --image: {e}")
     if not args.window_batches or min(args.window_batches) < 1:
         p.error("--window_batches must be positive integers")
-    for name in ("calls", "dense_calls", "dense_batch"):
+    for name in ("calls", "dense_calls", "dense_batch", "skip_batch"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name} must be at least 1, got {value}")
@@ -499,7 +607,8 @@ def _flags(args: argparse.Namespace, params_file: str) -> list[str]:
     crop, image = "x".join(map(str, args.crop)), "x".join(map(str, args.image))
     flags = [f"--calls={args.calls}", f"--dense_calls={args.dense_calls}"]
     flags.append(f"--_params={params_file}")
-    flags += [f"--crop={crop}", f"--image={image}"]
+    flags += [f"--crop={crop}", f"--image={image}", f"--skip_batch={args.skip_batch}"]
+    flags.append("--skip_image=" + "x".join(map(str, args.skip_image)))
     return flags + (["--smoke"] if args.smoke else [])
 
 
@@ -509,6 +618,11 @@ def _run_child(child: str, args: argparse.Namespace) -> dict:
     part, batch = child.split(":")
     if part == "vmapped":
         return run_vmapped(args.smoke, int(batch), args.calls, args._params)
+    if part == "map":
+        return run_vmapped(args.smoke, int(batch), args.calls, args._params, sampling="map")
+    if part == "skip":
+        size = args.skip_image
+        return run_skip(args.smoke, int(batch), args.dense_calls, size, args._params)
     if part == "loop":
         return run_loop(args.smoke, int(batch), args.calls, args._params)
     return run_dense(args.smoke, int(batch), args.dense_calls, args.crop, args.image, args._params)
@@ -549,11 +663,21 @@ def _measure(args: argparse.Namespace, spawn) -> tuple[dict, list]:
     runs = [("env", first)]
     for batch in args.window_batches:
         entry: dict[str, Any] = {}
-        for part in ("vmapped", "loop"):
+        for part in ("vmapped", "map", "loop"):
             if part in args.parts:
                 entry[part] = spawn(f"{part}:{batch}")
                 runs.append((f"{part} {batch}", entry[part]))
         vmapped, loop = entry.get("vmapped", {}), entry.get("loop", {})
+        mapped = entry.get("map", {})
+        if "sec_per_call" in vmapped and "sec_per_call" in mapped:
+            entry["map_speedup"] = vmapped["sec_per_call"] / mapped["sec_per_call"]
+            entry["map_cpu_speedup"] = vmapped["cpu_sec_per_call"] / mapped["cpu_sec_per_call"]
+            diff, scale = _compare_scores(vmapped, mapped)
+            entry["map_max_abs_score_diff"] = diff
+            _log(f"window batch {batch}: map x{entry['map_speedup']:.2f} against vmap")
+            if not diff <= SCORE_RTOL * max(scale, 1.0):
+                entry["error"] = f"the map's scores differ from the vmapped ones by {diff:.3g}"
+                runs.append((f"map scores {batch}", entry))
         if "sec_per_call" in vmapped and "sec_per_call" in loop:
             entry["speedup"] = loop["sec_per_call"] / vmapped["sec_per_call"]
             diff, scale = _compare_scores(vmapped, loop)
@@ -562,7 +686,7 @@ def _measure(args: argparse.Namespace, spawn) -> tuple[dict, list]:
             if not diff <= SCORE_RTOL * max(scale, 1.0):
                 entry["error"] = f"the loop's scores differ from the vmapped ones by {diff:.3g}"
                 runs.append((f"scores {batch}", entry))
-        for result in (vmapped, loop):
+        for result in (vmapped, loop, mapped):
             result.pop("scores", None)
         report["sampler"][str(batch)] = entry
     timed = {
@@ -577,6 +701,14 @@ def _measure(args: argparse.Namespace, spawn) -> tuple[dict, list]:
         if dense.get("map_finite") is False:
             dense["error"] = "the dense map is not finite"
         runs.append(("dense", dense))
+    if "skip" in args.parts:
+        report["skip"] = skip = spawn(f"skip:{args.skip_batch}")
+        scale = max(skip.get("computed_windows_max_abs_score", 0.0), 1.0)
+        if skip.get("computed_windows_max_abs_diff", 0.0) > SCORE_RTOL * scale:
+            skip["error"] = "skipping changed the computed windows' scores"
+        if skip.get("skipped_windows_max_abs_value", 0.0) != 0.0:
+            skip["error"] = "skipped windows do not score 0"
+        runs.append(("skip", skip))
     return report, runs
 
 

@@ -74,6 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
     # backend, on the layer shapes where it measured faster; off on TPU/GPU), True (every
     # layer) or False (XLA's lowering everywhere). It changes neither parameters nor outputs.
     c.model.fast_conv_grad = ml_collections.FieldReference("auto", field_type=object)
+    # Compute dtype of the networks (jaxad.precision): 'auto' (bfloat16 on TPU/GPU, float32 on
+    # CPU), 'float32' or 'bfloat16'. Parameters, optimiser state, normalisation statistics,
+    # losses and metrics stay float32 either way.
+    c.model.dtype = "auto"
 
     c.distributed = ml_collections.ConfigDict()
     c.distributed.enabled = False

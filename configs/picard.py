@@ -4,8 +4,9 @@ Paper settings (default): 2-D full-resolution DBT slices (`duke_dbt/slices`, nor
 training), random 256 crops with background rejection, a 128 box with a 96-128 hole, coarse +
 fine inpainter with contextual attention (3,596,162 parameters) and local/global WGAN-GP critics,
 Adam 1e-4 (0.5, 0.9), batch 55, critic every step and generator every 5th; at test time channel
-dropout (p 0.5) in the 9 coarse layers the original activates, M = 10 completions per window by
-`vmap` over dropout keys, windows of 256 at stride 32, MCD in image space, heatmaps at full
+dropout (p 0.5) in the 9 coarse layers the original activates, M = 10 completions per window
+(sampled by `vmap` over dropout keys on accelerators, a `lax.map` on CPU), windows of 256 at
+stride 32, MCD in image space, heatmaps at full
 resolution, pixel AUROC/AP against the tumour boxes.
 
   python -m jaxad.data.build duke_dbt/slices --manual_dir=~/bcs_dbt   # once; data_builders/
@@ -32,6 +33,12 @@ Faithful defaults and the flags that change them (jaxad/methods/picard.py explai
   original stretches the score grid over the whole image ('stretch', misaligned by up to half a
   window at the borders, and crashing when (H - 256) is a multiple of the stride, which jaxad
   fixes); 'averaged' spreads each score over its window exactly.
+- picard.ignore_black_regions=False: every window is scored, as the original's default. True is
+  the original's option: windows holding an exactly black pixel (background) are not computed
+  and score 0 (time saved in proportion to the skipped windows).
+- picard.sampling='auto': not in the original (a speed choice; the completions are the same):
+  'vmap' (one generator pass on window_batch x M samples) on GPU/TPU, 'map' (a lax.map over
+  the M completions, M times less activation memory) on CPU, where it measured faster.
 """
 
 import ml_collections
@@ -92,6 +99,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.picard.cover_border = False  # True adds flush windows where the stride misses the border
     c.picard.placement = "centred"
     c.picard.window_batch = 32  # windows per compiled call (x M completions)
+    c.picard.sampling = "auto"  # 'vmap' | 'map' | 'auto' (per backend); same completions
+    c.picard.ignore_black_regions = False  # True: skip windows with an exactly black pixel
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-4

@@ -47,6 +47,7 @@ RESUMABLE = (
     "keep_checkpoints",
     "eval_every",
     "profile_steps",
+    "model.dtype",  # compute precision only: parameters and optimiser state stay float32
     "validation.*",
     "eval.*",
     "evals.*",

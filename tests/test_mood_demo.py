@@ -1,6 +1,7 @@
 """The MOOD demo: the z-score baseline (known answers), the orchestration, the real run (slow)."""
 
 import json
+import os
 import pathlib
 
 import nibabel as nib
@@ -9,6 +10,11 @@ import pytest
 
 from jaxad.data import brain_phantom
 from jaxad.mood import demo
+
+# The compute dtype of the demo runs below (`model.dtype`): float32 unless JAXAD_TEST_DTYPE says
+# otherwise, e.g. JAXAD_TEST_DTYPE=bfloat16 to check that a demo still beats its baseline in
+# bfloat16 (README, "Mixed precision").
+DEMO_DTYPE = os.environ.get("JAXAD_TEST_DTYPE", "float32")
 
 # Shrinks the demo configs so that every stage runs in seconds: the point is the plumbing.
 TINY_SIMCLR = {
@@ -143,7 +149,10 @@ def test_cli_rejects_a_bad_steps_scale(tmp_path, capsys):
 @pytest.mark.slow
 def test_demo_beats_the_zscore_baseline(tmp_path):
     """The real demo (a few minutes on 2 cores): both APs above the baseline's."""
-    summary = demo.run_demo(tmp_path / "demo", log=lambda msg: None)
+    dtype = {"model.dtype": DEMO_DTYPE}
+    summary = demo.run_demo(
+        tmp_path / "demo", simclr_overrides=dtype, dpa_overrides=dtype, log=lambda msg: None
+    )
     results = summary["results"]
     for task in ("pixel", "sample"):
         assert results["dpa"][task]["ap"] > results["baseline"][task]["ap"], (task, results)

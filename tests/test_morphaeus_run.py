@@ -12,6 +12,7 @@ warped phantoms.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -19,6 +20,11 @@ from deformed_phantom import write as write_deformed_phantom
 
 from configs import morphaeus as morphaeus_configs
 from jaxad import train
+
+# The compute dtype of the demo runs below (`model.dtype`): float32 unless JAXAD_TEST_DTYPE says
+# otherwise, e.g. JAXAD_TEST_DTYPE=bfloat16 to check that a demo still beats its baseline in
+# bfloat16 (README, "Mixed precision").
+DEMO_DTYPE = os.environ.get("JAXAD_TEST_DTYPE", "float32")
 
 
 def _auroc_above_plain_and_baseline(results: dict) -> None:
@@ -30,6 +36,7 @@ def _auroc_above_plain_and_baseline(results: dict) -> None:
 @pytest.mark.slow
 def test_demo_beats_the_plain_autoencoder_and_the_baseline(tmp_path):
     config = morphaeus_configs.get_config("demo")
+    config.model.dtype = DEMO_DTYPE
     workdir = tmp_path / "run"
     results = train.run(config, str(workdir))
     _auroc_above_plain_and_baseline(results)
@@ -48,6 +55,7 @@ def test_demo_beats_the_plain_autoencoder_and_the_baseline(tmp_path):
 @pytest.mark.slow
 def test_demo_config_beats_the_plain_autoencoder_on_another_generator(tmp_path):
     config = morphaeus_configs.get_config("demo")
+    config.model.dtype = DEMO_DTYPE
     config.data.name = "folder"
     config.data.root = str(write_deformed_phantom(tmp_path / "data", size=64, test=100))
     results = train.run(config, str(tmp_path / "run"))

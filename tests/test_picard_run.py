@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -10,6 +11,11 @@ from PIL import Image
 from configs import picard as picard_config
 from jaxad import predict, train
 from jaxad.data import phantom
+
+# The compute dtype of the demo runs below (`model.dtype`): float32 unless JAXAD_TEST_DTYPE says
+# otherwise, e.g. JAXAD_TEST_DTYPE=bfloat16 to check that a demo still beats its baseline in
+# bfloat16 (README, "Mixed precision").
+DEMO_DTYPE = os.environ.get("JAXAD_TEST_DTYPE", "float32")
 
 
 def tiny(root, **overrides):
@@ -100,6 +106,7 @@ def test_demo_beats_the_intensity_baseline(tmp_path):
     config.data.root = str(root)
     config.total_steps = 250
     config.checkpoint_every = 250
+    config.model.dtype = DEMO_DTYPE
     results = train.run(config, str(tmp_path / "run"))
     assert results["pixel_auroc"] > results["baseline/pixel_auroc"] + 0.05
     assert results["image_auroc"] > results["baseline/image_auroc"]

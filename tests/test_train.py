@@ -18,6 +18,11 @@ from conftest import ROOT, tiny_config
 
 from jaxad import checkpoint, methods, parallel, train
 
+# The compute dtype of the demo runs below (`model.dtype`): float32 unless JAXAD_TEST_DTYPE says
+# otherwise, e.g. JAXAD_TEST_DTYPE=bfloat16 to check that a demo still beats its baseline in
+# bfloat16 (README, "Mixed precision").
+DEMO_DTYPE = os.environ.get("JAXAD_TEST_DTYPE", "float32")
+
 
 def _params(workdir, config, step=None):
     """The generator parameters saved in `workdir` at `step` (default latest), as numpy."""
@@ -268,6 +273,7 @@ def test_demo_beats_the_trivial_baseline(tmp_path_factory, tmp_path):
     config.data.root = str(demo.ensure_fundus_demo(tmp_path_factory.mktemp("demo") / "fundus"))
     config.total_steps = 200
     config.checkpoint_every = 0
+    config.model.dtype = DEMO_DTYPE
     results = train.run(config, str(tmp_path))
     assert results["num_images"] == 120
     assert results["pixel_auroc"] > results["baseline/pixel_auroc"] + 0.03

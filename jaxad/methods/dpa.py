@@ -31,6 +31,13 @@ the slice's own denominator (the training loss's), bilinearly upsampled to the i
 (`perceptual.perceptual_map`); the image score is the maximum of the map. The 3-D submission
 uses one denominator per volume instead (`jaxad.mood.inference`).
 
+Precision (`model.dtype`, `jaxad.precision`): in bfloat16 the autoencoder and the frozen VGG19
+compute in bfloat16 (the VGG's weights stay float32 in the state); the reconstruction is cast
+to float32 before it goes into the VGG with the real slice, and the VGG features are cast to
+float32 before the relative perceptual L1, whose denominators mean |f(x)| per slice, ratios,
+means and maps stay float32. The 3-D MOOD inference (`jaxad.mood.inference`, one denominator
+per volume) builds its own networks and computes in float32.
+
 The state is {"step", "ae": {"params"}, "opt", "vgg": {"params"}}; `inference_state` keeps
 "ae" and "vgg", which is all the 3-D inference restores. A missing `dpa.vgg_weights` path does
 not stop `init` (a restored checkpoint brings its own VGG, e.g. in the submission image): the
@@ -52,7 +59,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxad import writers
+from jaxad import precision, writers
 from jaxad.methods import simclr
 from jaxad.methods.base import Method
 from jaxad.models.dpa import Autoencoder
@@ -90,16 +97,18 @@ class DPA(Method):
         self.vgg_weights = os.fspath(cfg.vgg_weights)
         self.max_loss = float(cfg.max_loss)
         fast = conv.resolve_fast_kernel_grad(config.model.fast_conv_grad)
+        dtype = precision.model_dtype(config)
         self.ae = Autoencoder(
             nf=config.model.nf,
             latent_dim=config.model.latent_dim,
             channels=config.data.channels,
             image_size=config.data.image_size,
+            dtype=dtype,
             fast_conv_grad=fast,
         )
         # Frozen: only gradients with respect to its input are taken, never its kernels.
         self.vgg_width = int(config.model.vgg_width)
-        self.vgg = VGG19Features(width=self.vgg_width)
+        self.vgg = VGG19Features(width=self.vgg_width, dtype=dtype)
         opt = config.optim
         self.tx = optax.adam(opt.learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps)
         self._vgg_missing = False
@@ -186,11 +195,12 @@ class DPA(Method):
     def features(self, vgg_params, images: jax.Array) -> jax.Array:
         """The `dpa.vgg_layer` activation of [-1, 1] images (`perceptual.vgg_input`)."""
         x = perceptual.vgg_input(images)
-        return self.vgg.apply({"params": vgg_params}, x, (self.layer,))[self.layer]
+        out = self.vgg.apply({"params": vgg_params}, x, (self.layer,))[self.layer]
+        return precision.as_float32(out)
 
     def real_and_rec_features(self, ae_params, vgg_params, images: jax.Array):
         """VGG features of the images and of their reconstructions (one VGG pass for both)."""
-        rec = self.ae.apply({"params": ae_params}, images)
+        rec = precision.as_float32(self.ae.apply({"params": ae_params}, images))
         feats = self.features(vgg_params, jnp.concatenate([images, rec], axis=0))
         n = images.shape[0]
         return feats[:n], feats[n:]

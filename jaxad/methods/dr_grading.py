@@ -18,6 +18,10 @@ brightness/contrast 0.2, RandomResizedCrop (0.87-1.15, 0.7-1.3), rotation ±180 
   with it. (PYCLS also reports the final state's test kappa; here that is a second run of
   `--config.mode=eval` on the latest checkpoint.)
 - `data.label_fraction` trains on a class-stratified fraction of the labels.
+- Precision (`model.dtype`, `jaxad.precision`): in bfloat16 the ResNet computes in bfloat16
+  with float32 BatchNorm statistics; the one-output fc (and the probe's BatchNorm) read the
+  pooled features in float32 (a grade regressed in bfloat16 would be rounded to 1/32 near 4),
+  so the prediction, the MSE and the kappa are float32.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.typing import DTypeLike
 
+from jaxad import precision
 from jaxad.evals import grading
 from jaxad.methods import lesioncl
 from jaxad.methods.base import Method
@@ -54,13 +60,19 @@ class Grader(nn.Module):
     depth: int = 50
     width: int = 64
     frozen_backbone: bool = False
+    dtype: DTypeLike | None = None
     fast_conv_grad: bool | str = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         h = resnet.ResNet(
-            depth=self.depth, width=self.width, fast_conv_grad=self.fast_conv_grad, name="backbone"
+            depth=self.depth,
+            width=self.width,
+            dtype=self.dtype,
+            fast_conv_grad=self.fast_conv_grad,
+            name="backbone",
         )(x, train and not self.frozen_backbone)
+        h = h.astype(jnp.float32)  # the regression head in float32 (module docstring)
         if self.frozen_backbone:
             h = jax.lax.stop_gradient(h)
             h = BatchNorm(
@@ -95,6 +107,7 @@ class DRGrading(Method):
             depth=int(config.model.depth),
             width=int(config.model.width),
             frozen_backbone=self.linear,
+            dtype=precision.model_dtype(config),
             fast_conv_grad=conv.resolve_fast_kernel_grad(config.model.fast_conv_grad),
         )
         self.schedule = lesioncl.EpochSchedule(config, int(cfg.t_max), int(cfg.steps_per_epoch))

@@ -12,6 +12,10 @@ Faithful defaults, with the fixes as flags (see configs/lesion2void.py):
 - the L1 is averaged over all elements, not over the masked ones (`loss_norm`);
 - the FOV mask is not flipped with the image (`data.flip_fov`, handled by the pipeline);
 - the discriminator's batch norm is in training mode in all three of its forward passes.
+
+Precision (`model.dtype`, `jaxad.precision`): in bfloat16 the U-Net and the PatchGAN compute
+in bfloat16; their outputs are cast to float32 before the L1 and the least-squares losses, the
+residual maps and the image scores, and the batch norms' statistics are reduced in float32.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxad import precision
 from jaxad.methods.base import Method
 from jaxad.models.patchgan import PatchGAN
 from jaxad.models.unet import UNet
@@ -68,11 +73,15 @@ class Lesion2Void(Method):
         self.channels = config.data.channels
         # 'auto' is resolved here, once, for the backend the models are built on.
         fast = conv.resolve_fast_kernel_grad(config.model.fast_conv_grad)
+        dtype = precision.model_dtype(config)
         self.generator = UNet(
-            out_channels=config.data.channels, width=config.model.width, fast_conv_grad=fast
+            out_channels=config.data.channels,
+            width=config.model.width,
+            dtype=dtype,
+            fast_conv_grad=fast,
         )
         self.discriminator = PatchGAN(
-            width=config.model.disc_width, n_layers=3, fast_conv_grad=fast
+            width=config.model.disc_width, n_layers=3, dtype=dtype, fast_conv_grad=fast
         )
         self.g_opt = make_optimizer(config.optim)
         self.d_opt = make_optimizer(config.optim)
@@ -109,7 +118,7 @@ class Lesion2Void(Method):
         out, upd = self.discriminator.apply(
             {"params": d_params, "batch_stats": d_stats}, x, train=True, mutable=["batch_stats"]
         )
-        return out, upd["batch_stats"]
+        return precision.as_float32(out), upd["batch_stats"]
 
     def train_step(self, state: dict, batch: dict, key: jax.Array) -> tuple[dict, dict]:
         x, fov = batch["image"], batch["fov"][..., None]
@@ -123,7 +132,7 @@ class Lesion2Void(Method):
                 train=True,
                 mutable=["batch_stats"],
             )
-            return out, upd["batch_stats"]
+            return precision.as_float32(out), upd["batch_stats"]
 
         # One generator forward; its VJP is reused for the generator update after the critic's.
         fake, g_vjp, g_stats = jax.vjp(generate, state["g"]["params"], has_aux=True)
@@ -181,6 +190,7 @@ class Lesion2Void(Method):
             out = self.generator.apply(
                 variables, lattice.fill_masked(images, mask, noise), train=False
             )
+            out = precision.as_float32(out)
             return jnp.abs(images - out) * mask[None, :, :, None]
 
         idx = jnp.arange(phases.shape[0])

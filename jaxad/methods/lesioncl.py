@@ -23,6 +23,12 @@ NT-Xent, τ 0.07, as the original calls SupCon without labels). Fact sheet B3-B7
 - Validation (`config.validation`): the same loss on random patches of the validation images,
   with the training augmentations, as the original (noisy, B10.7).
 
+Precision (`model.dtype`, `jaxad.precision`): in bfloat16 the ResNet and the head's two layers
+compute in bfloat16, the BatchNorm statistics are reduced (and kept) in float32, and the head's
+output is cast to float32 before its L2 normalisation; the similarity logits (/ τ 0.07, where
+bfloat16 would round a cosine of 0.9 to the nearest 0.004, 0.06 in the logit), the log-softmax
+and the loss's mean are float32.
+
 The grader (`jaxad.methods.dr_grading`) starts from the backbone of a finished run
 (`config.init_from.workdir`): both keep it under the key "backbone".
 """
@@ -37,8 +43,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax.typing import DTypeLike
 
-from jaxad import writers
+from jaxad import precision, writers
 from jaxad.methods.base import Method
 from jaxad.models import resnet, resnet_weights
 from jaxad.ops import augment, contrastive, conv, lesion_augment
@@ -53,14 +60,19 @@ class ContrastiveNet(nn.Module):
     width: int = 64
     hidden: int = 2048
     features: int = 128
+    dtype: DTypeLike | None = None
     fast_conv_grad: bool | str = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         h = resnet.ResNet(
-            depth=self.depth, width=self.width, fast_conv_grad=self.fast_conv_grad, name="backbone"
+            depth=self.depth,
+            width=self.width,
+            dtype=self.dtype,
+            fast_conv_grad=self.fast_conv_grad,
+            name="backbone",
         )(x, train)
-        return resnet.ProjectionHead(self.hidden, self.features, name="head")(h)
+        return resnet.ProjectionHead(self.hidden, self.features, dtype=self.dtype, name="head")(h)
 
 
 def check_unit_images(config: ml_collections.ConfigDict) -> None:
@@ -198,6 +210,7 @@ class LesionCL(Method):
             width=width,
             hidden=int(config.model.head_hidden) or resnet.feature_dim(depth, width),
             features=int(config.model.head_features),
+            dtype=precision.model_dtype(config),
             fast_conv_grad=conv.resolve_fast_kernel_grad(config.model.fast_conv_grad),
         )
         self.schedule = EpochSchedule(config, int(cfg.t_max), int(cfg.steps_per_epoch))

@@ -34,6 +34,14 @@ to the deformer (`jaxad.models.morphaeus.MorphAEus.detach_autoencoder`): the loc
 to intensity and to the sign of the local correlation, so in short trainings its gradient, 20x
 the MSE's, wiped the lung fields out of the prior (demo, 400 steps).
 
+Precision (`model.dtype`, `jaxad.precision`): in bfloat16 the encoder, decoder and deformer
+compute in bfloat16 with float32 BatchNorm statistics. What stays float32: the prior's sigmoid,
+the velocity field, its integration (scaling and squaring) and both warps (sub-pixel
+coordinates: bfloat16 has 8 bits of mantissa, a 128-pixel coordinate would be rounded to 0.5
+px), the local NCC (windowed means and variances, whose differences cancel) and every loss term;
+the VGG19 of the perceptual loss computes in bfloat16 and its features are compared in float32
+(`jaxad.ops.perceptual.vgg_layers_mse`).
+
 The plain autoencoder ("MorphAEus-woPLM") is the same network without the deformer
 (`morphaeus.deform=False`, α = 0). `morphaeus.train_plain=True` trains one alongside in the
 same run (own parameters and optimiser, the same batches), so that one evaluation compares
@@ -53,7 +61,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxad import writers
+from jaxad import precision, writers
 from jaxad.methods.base import Method
 from jaxad.models import vgg_weights
 from jaxad.models.morphaeus import MorphAEus as Network
@@ -91,7 +99,8 @@ class MorphAEus(Method):
         fast = conv.resolve_fast_kernel_grad(config.model.fast_conv_grad)
         self.bn_train = cfg.bn_mode == "train"
         widths = tuple(int(w) for w in config.model.widths)
-        kw = dict(widths=widths, bn_mode=cfg.bn_mode, fast_conv_grad=fast)
+        self.dtype = precision.model_dtype(config)
+        kw = dict(widths=widths, bn_mode=cfg.bn_mode, dtype=self.dtype, fast_conv_grad=fast)
         detach = not cfg.morph_trains_autoencoder
         self.net = Network(deform=bool(cfg.deform), detach_autoencoder=detach, **kw)
         self.plain = Network(deform=False, **kw) if cfg.train_plain else None
@@ -160,11 +169,11 @@ class MorphAEus(Method):
         v = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
         if train and self.bn_train:
             out, updates = net.apply(v, x, train=True, mutable=["batch_stats"])
-            return out, updates["batch_stats"]
-        return net.apply(v, x, train=train), variables["batch_stats"]
+            return precision.as_float32(out), updates["batch_stats"]
+        return precision.as_float32(net.apply(v, x, train=train)), variables["batch_stats"]
 
     def perceptual(self, vgg_params, a: jax.Array, b: jax.Array) -> jax.Array:
-        return perceptual.vgg_layers_mse(vgg_params, a, b)
+        return perceptual.vgg_layers_mse(vgg_params, a, b, dtype=self.dtype)
 
     def losses(self, out: dict, x: jax.Array, vgg_params, alpha: float, step) -> dict:
         """The original's terms for one network's outputs (`loss` is their weighted sum)."""

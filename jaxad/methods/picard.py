@@ -52,12 +52,20 @@ Metrics of `train_step`: `loss` = L_D (computed every step); `wgan_d`, `gp` (GP_
 unweighted), and the generator's terms `l1`, `ae`, `wgan_g`, `g_loss` for the current
 parameters, also computed on critic-only steps (they cost no extra network pass).
 
+Precision (`model.dtype`, `jaxad.precision`): in bfloat16 the generator and the critics
+compute in bfloat16, except the contextual attention, which runs in float32 (its cosine scores
+are multiplied by 10 before a softmax over every background patch, where bfloat16's 8-bit
+mantissa would blur the weights); the completions and critic scores are cast to float32 before
+the L1, WGAN and gradient-penalty terms (the penalty's input gradient and its norm are float32)
+and before the completion distances (MCD, also in the critic's feature space).
+
 Config keys read (paper defaults):
 
 - `data.channels` (1: grayscale DBT); `data.mean`, `data.std` (all 0.5: the [-1, 1] map
   above).
 - `model.width` (ngf 32), `model.critic_width` (ndf 32),
-  `model.fast_conv_grad` ('auto'; `jaxad.ops.conv.resolve_fast_kernel_grad`).
+  `model.fast_conv_grad` ('auto'; `jaxad.ops.conv.resolve_fast_kernel_grad`),
+  `model.dtype` ('auto'; `jaxad.precision`).
 - `picard.window_size` 256: training crop and scoring window (a multiple of 16).
 - `picard.box_size` 128: training box, test hole and local critic input (a multiple of 16).
 - `picard.max_delta` 32: the hole shrinks by up to max_delta // 2 on each side.
@@ -78,6 +86,15 @@ Config keys read (paper defaults):
   score averaged over its pixels).
 - `picard.window_batch` 32: windows per compiled call of the scorer (M times as many generator
   samples); memory scales with it, the map does not change.
+- `picard.sampling` 'auto': how the M completions of a window batch are computed: 'vmap' (one
+  generator pass on window_batch x M samples), 'map' (a `lax.map` over the M completions: M
+  passes on window_batch samples, a working set M times smaller), or 'auto' (`resolve_sampling`:
+  'map' on CPU, 'vmap' on accelerators). Same keys, same completions whichever runs.
+- `picard.ignore_black_regions` False (the original's default): True skips every window that
+  holds an exactly black pixel (`black_windows`) in `dense_map`: such windows are not computed
+  and score 0 in the grid, as the original ('averaged' placement: they add nothing to the
+  average and pixels covered by skipped windows only are 0). `score` applies the same rule to
+  its values but, being one fixed-shape jitted call, still computes every window.
 - `optim.learning_rate` 1e-4, `optim.b1` 0.5, `optim.b2` 0.9, `optim.eps` 1e-8 (Adam, both).
 """
 
@@ -92,6 +109,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxad import precision
 from jaxad.methods.base import Method
 from jaxad.models.picard import Generator, GlobalCritic, LocalCritic, compose
 from jaxad.ops import conv, heatmap
@@ -188,6 +206,41 @@ def window_keys(key: jax.Array, first_index, count: int) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
 
 
+SAMPLING = ("vmap", "map", "auto")
+
+
+def resolve_sampling(setting: str, backend: str | None = None) -> str:
+    """'vmap' or 'map': how the M completions run; 'auto' picks per backend (default: JAX's).
+
+    'auto' is 'map' on CPU, from bench/picard.py on the 2-core CPU VM (paper model, 256 px
+    windows, M = 10, window batch 1, 2026-11; bench/README.md): 'map' 10.13 s against 'vmap'
+    17.78 s per call in the same run (1.76x, under heavy load from other jobs), and earlier a
+    Python loop over the M completions against the vmapped call, 2.32 against 2.09
+    completions/s (1.11x): XLA's CPU convolutions run at the same rate at batch 1, and the
+    M-fold larger working set only costs cache. 'vmap' on GPU and TPU, where one launch on
+    window_batch x M samples keeps the device busy (not measured here).
+    """
+    if setting not in SAMPLING:
+        raise ValueError(f"config.picard.sampling={setting!r} is not one of {', '.join(SAMPLING)}.")
+    if setting == "auto":
+        return "map" if (backend or jax.default_backend()) == "cpu" else "vmap"
+    return setting
+
+
+def is_black(minimum) -> bool:
+    """The original's skip rule for one window: its smallest value, mapped with x * 2 - 1 in
+    float32 as the networks see it, is exactly -1 (a pixel of exactly 0 in any channel)."""
+    return bool(np.float32(np.float64(minimum) * 2.0 - 1.0) == -1.0)
+
+
+def black_windows(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, window: int):
+    """[n_r, n_c] bool: the windows `ignore_black_regions` skips (`is_black` of each window)."""
+    return np.array(
+        [[is_black(image[r : r + window, c : c + window].min()) for c in cols] for r in rows],
+        dtype=bool,
+    ).reshape(len(rows), len(cols))
+
+
 class Picard(Method):
     """The method object the shared loop drives (see `jaxad.methods.base.Method`)."""
 
@@ -225,21 +278,30 @@ class Picard(Method):
         # The metrics computed by one scorer call: the requested ones and the map's.
         self.metrics = tuple(dict.fromkeys((*cfg.metrics, cfg.image_metric)))
         self.image_metric = cfg.image_metric
+        self.sampling = resolve_sampling(cfg.get("sampling", "auto"))
+        self.ignore_black_regions = bool(cfg.get("ignore_black_regions", False))
 
         fast = conv.resolve_fast_kernel_grad(config.model.fast_conv_grad)
         # How generator steps are skipped on critic-only steps: a `lax.cond`, except on the CPU
         # backend, where the step is computed every time and selected (see `train_step`).
         self.select_generator_step = jax.default_backend() == "cpu"
         layers = cfg.dropout_layers
+        dtype = precision.model_dtype(config)
         self.generator = Generator(
             channels=self.channels,
             width=config.model.width,
             drop_rate=cfg.drop_rate,
             dropout_layers=layers if isinstance(layers, str) else tuple(layers),
             per_sample_mask=cfg.per_sample_attention_mask,
+            dtype=dtype,
             fast_conv_grad=fast,
         )
-        critic = dict(channels=self.channels, width=config.model.critic_width, fast_conv_grad=fast)
+        critic = dict(
+            channels=self.channels,
+            width=config.model.critic_width,
+            dtype=dtype,
+            fast_conv_grad=fast,
+        )
         self.local_critic = LocalCritic(input_size=self.box, **critic)
         self.global_critic = GlobalCritic(input_size=self.window, **critic)
         self.g_opt = make_optimizer(config.optim)
@@ -247,6 +309,7 @@ class Picard(Method):
         self.sd_mask = spatial_discounting_mask(self.box, cfg.spatial_discounting_gamma)
         # Compiled once per window count; `grid_scores` always sends `window_batch` windows.
         self.window_scores = jax.jit(self.window_scores)
+        self.window_scores_at = jax.jit(self.window_scores_at)
 
     # --- state -------------------------------------------------------------------------------
     def init(self, key: jax.Array, batch: dict) -> dict:
@@ -284,9 +347,11 @@ class Picard(Method):
         return l1, ae
 
     def _critics(self, d_params: dict, local: jax.Array, whole: jax.Array):
-        return (
-            self.local_critic.apply({"params": d_params["local"]}, local),
-            self.global_critic.apply({"params": d_params["global"]}, whole),
+        return precision.as_float32(
+            (
+                self.local_critic.apply({"params": d_params["local"]}, local),
+                self.global_critic.apply({"params": d_params["global"]}, whole),
+            )
         )
 
     def train_step(self, state: dict, batch: dict, key: jax.Array) -> tuple[dict, dict]:
@@ -306,7 +371,8 @@ class Picard(Method):
         crop = lambda im: box_crops(im, top, left, self.box, self.same_box)  # noqa: E731
 
         def generate(g_params):
-            return self.generator.apply({"params": g_params}, x, hole, sample=False)
+            out = self.generator.apply({"params": g_params}, x, hole, sample=False)
+            return precision.as_float32(out)
 
         (x1, x2), g_vjp = jax.vjp(generate, state["g"]["params"])
         fake = jax.lax.stop_gradient(compose(x, x2, hole))
@@ -323,8 +389,12 @@ class Picard(Method):
             wgan_d = jnp.mean(fake_l - real_l) + ga * jnp.mean(fake_g - real_g)
             alpha_l = jax.random.uniform(k_local, (n, 1, 1, 1))
             alpha_g = jax.random.uniform(k_global, (n, 1, 1, 1))
-            critic_l = lambda v: self.local_critic.apply({"params": dp["local"]}, v)  # noqa: E731
-            critic_g = lambda v: self.global_critic.apply({"params": dp["global"]}, v)  # noqa: E731
+            critic_l = lambda v: precision.as_float32(  # noqa: E731
+                self.local_critic.apply({"params": dp["local"]}, v)
+            )
+            critic_g = lambda v: precision.as_float32(  # noqa: E731
+                self.global_critic.apply({"params": dp["global"]}, v)
+            )
             gp = gradient_penalty(critic_l, real_local, fake_local, alpha_l)
             gp += gradient_penalty(critic_g, gt, fake, alpha_g)
             # The generator's adversarial term for the same parameters, for the metrics.
@@ -416,12 +486,14 @@ class Picard(Method):
             _, x2 = self.generator.apply(
                 {"params": g_params}, x[None], mask[None], sample=True, rngs={"dropout": k}
             )
-            return compose(x, x2[0], mask)
+            return compose(x, precision.as_float32(x2[0]), mask)
 
-        def plural(x, k):  # M completions of one window
-            return jax.vmap(one, in_axes=(None, 0))(x, jax.random.split(k, self.num_completions))
-
-        return jax.vmap(plural)(masked, keys)
+        split = jax.vmap(lambda k: jax.random.split(k, self.num_completions))(keys)  # [N, M]
+        if self.sampling == "vmap":  # one pass on N x M samples
+            return jax.vmap(jax.vmap(one, in_axes=(None, 0)))(masked, split)
+        # 'map': completion m of every window per step, M passes on N samples.
+        samples = jax.lax.map(lambda k: jax.vmap(one)(masked, k), split.T)
+        return jnp.swapaxes(samples, 0, 1)
 
     def completions(self, state: dict, windows: jax.Array, key: jax.Array, first_index=0):
         """[N, M, S, S, C]: M completions of each window (hole: the centred box), in [-1, 1].
@@ -444,8 +516,8 @@ class Picard(Method):
             distances["image"] = _norm(diff)
         if any(k.endswith("_feature") for k in self.metrics):
             variables = {"params": state["d_local"]["params"]}
-            features = lambda v: self.local_critic.apply(  # noqa: E731
-                variables, v, method="features"
+            features = lambda v: precision.as_float32(  # noqa: E731
+                self.local_critic.apply(variables, v, method="features")
             ).reshape(v.shape[0], -1)
             f_truth = features(truth)
             f_centres = features(centres.reshape(n * m, *centres.shape[2:])).reshape(n, m, -1)
@@ -466,6 +538,17 @@ class Picard(Method):
         """
         self._check_windows(windows)
         return self._keyed_scores(state, windows, window_keys(key, first_index, len(windows)))
+
+    def window_scores_at(
+        self, state: dict, windows: jax.Array, key: jax.Array, indices: jax.Array
+    ) -> dict[str, jax.Array]:
+        """As `window_scores`, window i keyed by `fold_in(key, indices[i])`: windows need not be
+        consecutive in the grid (`ignore_black_regions` leaves some out)."""
+        self._check_windows(windows)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+            key, jnp.asarray(indices, jnp.uint32)
+        )
+        return self._keyed_scores(state, windows, keys)
 
     # --- dense heatmaps ----------------------------------------------------------------------
     def _check_image(self, image) -> np.ndarray:
@@ -494,27 +577,63 @@ class Picard(Method):
         """{metric: [n_r, n_c]} window scores of one unit-scale [H, W, C] image.
 
         Windows are cut on the host and sent `window_batch` at a time (the last chunk padded)
-        through one compiled scorer, so device memory is bounded by the chunk.
+        through one compiled scorer, so device memory is bounded by the chunk. With
+        `ignore_black_regions` the windows `black_windows` finds are not sent and score 0.
         """
+        return self._grid_scores(state, image, key)[0]
+
+    def _grid_scores(self, state: dict, image, key: jax.Array):
+        """(scores as `grid_scores`, [n_r, n_c] bool of the computed windows or None: all)."""
         image = self._check_image(image)
         rows, cols = self.grid(*image.shape[:2])
         corners = [(r, c) for r in rows for c in cols]
+        computed = None
+        todo = np.arange(len(corners))
+        if self.ignore_black_regions:
+            computed = ~black_windows(image, rows, cols, self.window)
+            todo = np.flatnonzero(computed.ravel())
         params = {"g": state["g"], "d_local": state["d_local"]}
-        chunks = []
-        for start in range(0, len(corners), self.window_batch):
-            part = corners[start : start + self.window_batch]
+        values = {m: np.zeros(len(corners), np.float32) for m in self.metrics}
+        for start in range(0, todo.size, self.window_batch):
+            part = todo[start : start + self.window_batch]
             windows = np.zeros((self.window_batch, self.window, self.window, self.channels))
-            for i, (r, c) in enumerate(part):
+            indices = np.zeros(self.window_batch, np.uint32)  # grid indices: the windows' keys
+            indices[: part.size] = part
+            for i, j in enumerate(part):
+                r, c = corners[j]
                 windows[i] = image[r : r + self.window, c : c + self.window]
             windows = (windows * 2.0 - 1.0).astype(np.float32)  # the original's x * 2 - 1
-            scores = self.window_scores(params, windows, key, np.uint32(start))
-            chunks.append((len(part), scores))
-        return {
-            metric: np.concatenate([np.asarray(s[metric])[:k] for k, s in chunks])
-            .reshape(rows.size, cols.size)
-            .astype(np.float32)
-            for metric in self.metrics
-        }
+            scores = self.window_scores_at(params, windows, key, indices)
+            for metric in self.metrics:
+                values[metric][part] = np.asarray(scores[metric])[: part.size]
+        grids = {m: v.reshape(rows.size, cols.size) for m, v in values.items()}
+        return grids, computed
+
+    def _place(self, grid, computed, height: int, width: int):
+        """The map of a score grid; `computed` (bool grid or None) as the original treats skips.
+
+        Skipped windows hold 0 in the grid, which 'centred' and 'stretch' interpolate as any
+        score; 'averaged' leaves them out of the average (0 where no computed window covers).
+        """
+
+        def place(g):
+            return heatmap.place(
+                g,
+                height,
+                width,
+                self.window,
+                self.stride,
+                self.cfg.placement,
+                cover_border=self.cfg.cover_border,
+            )
+
+        if computed is None or self.cfg.placement != "averaged":
+            return place(grid)
+        xp = jnp if isinstance(grid, jax.Array) else np
+        weight = place(xp.asarray(computed, grid.dtype))
+        total = place(grid * computed)
+        covered = weight > 0
+        return xp.where(covered, total / xp.where(covered, weight, 1), 0).astype(xp.float32)
 
     def dense_map(self, state: dict, image, key: jax.Array, metric: str | None = None):
         """[H, W] float32 anomaly map of one unit-scale [H, W, C] image (H, W >= window).
@@ -524,17 +643,9 @@ class Picard(Method):
         metric = metric or self.image_metric
         if metric not in self.metrics:
             raise ValueError(f"metric {metric!r} is not computed; computed: {self.metrics}.")
-        grid = self.grid_scores(state, image, key)[metric]
+        grids, computed = self._grid_scores(state, image, key)
         height, width = np.shape(image)[:2]
-        return heatmap.place(
-            grid,
-            height,
-            width,
-            self.window,
-            self.stride,
-            self.cfg.placement,
-            cover_border=self.cfg.cover_border,
-        )
+        return self._place(grids[metric], computed, height, width)
 
     # --- the protocol's scoring --------------------------------------------------------------
     def score(self, state: dict, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
@@ -565,20 +676,19 @@ class Picard(Method):
         def one(args):
             bi, ri, ci, ki = args
             window = jax.lax.dynamic_slice(images, (bi, ri, ci, 0), size)
-            return {k: v[0] for k, v in self._keyed_scores(params, window, ki[None]).items()}
+            out = {k: v[0] for k, v in self._keyed_scores(params, window, ki[None]).items()}
+            # `ignore_black_regions`: the same values as `dense_map` (computed all the same).
+            out["computed"] = jnp.min(window) != -1.0
+            return out
 
         xs = (jnp.asarray(b, jnp.int32), jnp.asarray(r, jnp.int32), jnp.asarray(c, jnp.int32), keys)
         scores = jax.lax.map(one, xs, batch_size=self.window_batch)
         grid = scores[self.image_metric].reshape(n, rows.size, cols.size)
-        pixel_map = heatmap.place(
-            grid,
-            height,
-            width,
-            self.window,
-            self.stride,
-            self.cfg.placement,
-            cover_border=self.cfg.cover_border,
-        )
+        computed = None
+        if self.ignore_black_regions:
+            computed = scores["computed"].reshape(grid.shape)
+            grid = jnp.where(computed, grid, 0.0)
+        pixel_map = self._place(grid, computed, height, width)
         return {"map": pixel_map, "score": pixel_map.max(axis=(1, 2))}
 
 

@@ -31,7 +31,10 @@ VGG19 with SimCLR on the challenge's own slices (the SimCLR fork, config exp_1_m
   `collapse_level` gives log(2B - 1), the NT-Xent of identical embeddings; the loop warns when
   the loss stays there (`jaxad.collapse`, settings `config.collapse`);
 - no anomaly map: the method has no `score` (the evaluators check for it), and its config
-  runs no anomaly evaluation.
+  runs no anomaly evaluation;
+- precision (`model.dtype`, `jaxad.precision`): in bfloat16 the VGG19 and the head compute in
+  bfloat16; the projections are cast to float32 before the NT-Xent, whose normalisation, logits
+  (cosine / temperature), log-softmax and mean stay float32, as does the `spread` metric.
 
 `vgg_params_from_run` hands the trained conv weights of a loaded run
 (`jaxad.checkpoint.load_run`) to the DPA (`jaxad.methods.dpa`); `load_vgg_params` reads the
@@ -51,7 +54,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxad import collapse, writers
+from jaxad import collapse, precision, writers
 from jaxad.methods.base import Method
 from jaxad.models.vgg import SimCLRModel, VGG19Features
 from jaxad.ops import augment, contrastive, conv, perceptual
@@ -144,6 +147,7 @@ class SimCLR(Method):
             out_dim=config.model.out_dim,
             hidden=config.model.hidden,
             pool_size=config.model.pool_size,
+            dtype=precision.model_dtype(config),
             fast_conv_grad=fast,
             width=config.model.vgg_width,
         )
@@ -206,6 +210,7 @@ class SimCLR(Method):
         if views.shape[-1] == 1:
             views = jnp.broadcast_to(views, (*views.shape[:-1], 3))
         _, z = self.model.apply({"params": params}, views)
+        z = precision.as_float32(z)
         n = images.shape[0]
         return z[:n], z[n:]
 

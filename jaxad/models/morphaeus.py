@@ -182,7 +182,8 @@ class Decoder(nn.Module):
             x = _batch_norm(self.bn_mode, train, self.dtype, f"bn{k}")(x)
             x = nn.silu(x)
         x = Conv(self.out_channels, 1, name="final", **kw)(x)
-        return nn.sigmoid(x), tuple(taps)
+        # The sigmoid in float32: the prior goes into the losses and the warp as it is.
+        return nn.sigmoid(x.astype(jnp.float32)), tuple(taps)
 
 
 class Deformer(nn.Module):
@@ -232,7 +233,7 @@ class MorphAEus(nn.Module):
     `__call__(x, train)` maps [B, H, W, C] images in [0, 1] (H and W divisible by
     2^len(widths)) to a dict:
 
-    - "prior": x_hat [B, H, W, out_channels], the autoencoder's sigmoid output;
+    - "prior": x_hat [B, H, W, out_channels], the autoencoder's sigmoid output, float32;
 
     and, with `deform=True`:
 
@@ -243,9 +244,11 @@ class MorphAEus(nn.Module):
     - "reversed": x o exp(-v) (y_target, the input pulled back towards the prior).
 
     The warps are always computed (the original has no switch; its warm-up only drops the morph
-    loss). The integration and the warps run in float32 whatever `dtype`; "warped" and "reversed"
-    take the dtype of the image they warp. Parameters are stored under "encoder", "decoder" and
-    "deformer" (absent with `deform=False`).
+    loss). The integration and the warps run in float32 whatever `dtype` (the velocity is cast
+    to float32 before the scaling and squaring, whose seven compositions would compound bfloat16
+    rounding, and the prior leaves its sigmoid in float32); "warped" and "reversed" take the
+    dtype of the image they warp, float32 for the prior and for float32 inputs. Parameters are
+    stored under "encoder", "decoder" and "deformer" (absent with `deform=False`).
     """
 
     widths: Sequence[int] = WIDTHS

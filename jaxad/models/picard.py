@@ -248,7 +248,13 @@ class FineGenerator(_Network):
         a = block(a, "pmconv4_downsample", 4 * w, stride=2)
         a = block(a, "pmconv5", 4 * w)
         a = block(a, "pmconv6", 4 * w, activation=nn.relu)
-        a = contextual_attention(a, a, mask, per_sample_mask=self.per_sample_mask)
+        # In float32 whatever `dtype`: the patch scores are scaled by 10 before a softmax over
+        # every background patch, and bfloat16 scores would blur the attention weights.
+        f32 = a.astype(jnp.float32)
+        attended = contextual_attention(
+            f32, f32, mask.astype(jnp.float32), per_sample_mask=self.per_sample_mask
+        )
+        a = attended.astype(a.dtype)
         a = block(a, "pmconv9", 4 * w)
         a = block(a, "pmconv10", 4 * w)
 

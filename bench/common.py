@@ -44,19 +44,20 @@ class OtherLoad:
     None where /proc/stat does not exist.
     """
 
-    def __init__(self):
+    def __init__(self, own_cpu_sec=None):
+        """`own_cpu_sec`: the CPU seconds counted as this measurement's own (default: this
+        process's; `tree_cpu_sec` also counts its worker processes)."""
+        self._own = own_cpu_sec or cpu_sec
         self._start = self._sample()
 
-    @staticmethod
-    def _sample():
+    def _sample(self):
         try:
             with open("/proc/stat", encoding="utf-8") as f:
                 fields = [int(v) for v in f.readline().split()[1:]]
         except (OSError, ValueError):
             return None
         busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        return time.perf_counter(), busy, own.ru_utime + own.ru_stime
+        return time.perf_counter(), busy, self._own()
 
     def cpus(self) -> float | None:
         end = self._sample()
@@ -230,6 +231,35 @@ def env() -> dict:
 def children_cpu_sec() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def tree_cpu_sec() -> float:
+    """CPU seconds of this process and all its descendants, live or ended.
+
+    Worker processes (grain's, started through a fork server) are descendants but not always
+    children, and a live one is not in RUSAGE_CHILDREN: its time is read from /proc.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(entry)] = int(fields[1])
+        times[int(entry)] = sum(int(v) for v in fields[11:15]) / tick  # incl. ended children
+    me, total = os.getpid(), 0.0
+    for pid in times:
+        p = pid
+        while p in parent and p != me and p > 1:
+            p = parent[p]
+        if p == me and pid != me:
+            total += times[pid]
+    return cpu_sec() + children_cpu_sec() + total
 
 
 class ServedRunner:

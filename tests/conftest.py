@@ -84,3 +84,29 @@ def pytest_configure(config):
     demos run as users run them. Subprocesses inherit the setting."""
     if config.option.markexpr.replace(" ", "") == "notslow":
         os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+
+# The end-to-end tier's longest tests, longest first (about 1,270, 1,020, 670, 390 and 130 s
+# on the 2-core CI machine). The tier runs on two xdist workers (`.ci/run`: `-n 2
+# --maxschedchunk=1`), each holding its running test and one queued; a worker that starts a long
+# test late sets the tier's wall time. So the two longest start at once, each with one short test
+# queued behind it, and the next long ones go to whichever worker frees first.
+LONGEST_FIRST = (
+    "tests/test_mood_demo.py::test_demo_beats_the_zscore_baseline",
+    "tests/test_picard_run.py::test_demo_beats_the_intensity_baseline",
+    "tests/test_train.py::test_demo_beats_the_trivial_baseline",
+    "tests/test_multihost.py::test_every_method_in_two_processes",
+    "tests/test_multihost.py::test_lesion2void_in_four_processes",
+)
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected
+def pytest_collection_modifyitems(config, items):
+    """Orders the tests as `LONGEST_FIRST` says: L1, S1, L2, S2, L3, L4, ..., then the rest."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    long = sorted((it for it in items if it.nodeid in rank), key=lambda it: rank[it.nodeid])
+    rest = [it for it in items if it.nodeid not in rank]
+    if len(long) < 2 or len(rest) < 2:
+        items[:] = long + rest
+        return
+    items[:] = [long[0], rest[0], long[1], rest[1], *long[2:], *rest[2:]]

@@ -1,6 +1,6 @@
 r"""Can the input pipeline feed a TPU host? Images/s per host CPU core of each method's pipeline.
 
-    python bench/pipeline.py --out=bench_pipeline.json            # every method, ~10 min, 2 cores
+    python bench/pipeline.py --out=bench_pipeline.json            # every method, ~20 min, 2 cores
     python bench/pipeline.py --out=smoke.json --smoke --methods=lesion2void
 
 Per method, at its paper config (`configs/<method>.py`, no variant), three children:

@@ -213,11 +213,10 @@ def resolve_sampling(setting: str, backend: str | None = None) -> str:
     """'vmap' or 'map': how the M completions run; 'auto' picks per backend (default: JAX's).
 
     'auto' is 'map' on CPU, from bench/picard.py on the 2-core CPU VM (paper model, 256 px
-    windows, M = 10, window batch 1, 2026-11; bench/README.md): 'map' 10.13 s against 'vmap'
-    17.78 s per call in the same run (1.76x, under heavy load from other jobs), and earlier a
-    Python loop over the M completions against the vmapped call, 2.32 against 2.09
-    completions/s (1.11x): XLA's CPU convolutions run at the same rate at batch 1, and the
-    M-fold larger working set only costs cache. 'vmap' on GPU and TPU, where one launch on
+    windows, M = 10, idle machine, 2026-12-06; bench/README.md): 'map' 4.61 s against 'vmap'
+    6.48 s per call at window batch 1 (1.41x), 24.0 s against 27.6 s at window batch 4 (1.15x),
+    identical scores: XLA's CPU convolutions run at the same rate at batch 1, and the M-fold
+    larger working set only costs cache. 'vmap' on GPU and TPU, where one launch on
     window_batch x M samples keeps the device busy (not measured here).
     """
     if setting not in SAMPLING:

@@ -636,6 +636,15 @@ def _compare_scores(a: dict, b: dict) -> tuple[float, float]:
     return max(abs(x - y) for x, y in pairs), max(abs(x) for x, _ in pairs)
 
 
+def _score_check(vmapped: dict, other: dict, name: str) -> tuple[str, float]:
+    """(an error message, or '' within SCORE_RTOL; the largest score difference) of the child
+    `other` (`name`) against the vmapped child."""
+    diff, scale = _compare_scores(vmapped, other)
+    if diff <= SCORE_RTOL * max(scale, 1.0):
+        return "", diff
+    return f"the {name}'s scores differ from the vmapped ones by {diff:.3g}", diff
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args._child:
@@ -672,19 +681,17 @@ def _measure(args: argparse.Namespace, spawn) -> tuple[dict, list]:
         if "sec_per_call" in vmapped and "sec_per_call" in mapped:
             entry["map_speedup"] = vmapped["sec_per_call"] / mapped["sec_per_call"]
             entry["map_cpu_speedup"] = vmapped["cpu_sec_per_call"] / mapped["cpu_sec_per_call"]
-            diff, scale = _compare_scores(vmapped, mapped)
-            entry["map_max_abs_score_diff"] = diff
+            error, entry["map_max_abs_score_diff"] = _score_check(vmapped, mapped, "map")
             _log(f"window batch {batch}: map x{entry['map_speedup']:.2f} against vmap")
-            if not diff <= SCORE_RTOL * max(scale, 1.0):
-                entry["error"] = f"the map's scores differ from the vmapped ones by {diff:.3g}"
+            if error:
+                entry["error"] = error
                 runs.append((f"map scores {batch}", entry))
         if "sec_per_call" in vmapped and "sec_per_call" in loop:
             entry["speedup"] = loop["sec_per_call"] / vmapped["sec_per_call"]
-            diff, scale = _compare_scores(vmapped, loop)
-            entry["max_abs_score_diff"] = diff
+            error, entry["max_abs_score_diff"] = _score_check(vmapped, loop, "loop")
             _log(f"window batch {batch}: speedup x{entry['speedup']:.2f}")
-            if not diff <= SCORE_RTOL * max(scale, 1.0):
-                entry["error"] = f"the loop's scores differ from the vmapped ones by {diff:.3g}"
+            if error:
+                entry["error"] = error
                 runs.append((f"scores {batch}", entry))
         for result in (vmapped, loop, mapped):
             result.pop("scores", None)

@@ -199,6 +199,7 @@ class JaxadBench:
         np, jax, la = self.np, self.jax, self.lesion_augment
         config = _load_config("lesioncl.py", self.args.lcl_batch)
         config.data.boxes = "boxes.json"  # any value: the benchmark gives the boxes itself
+        config.data.lesion_pairs = 0  # the step cuts the patches from whole photos, timed
         config.lcl.steps_per_epoch = STEPS_PER_EPOCH
         self.configs["lcl"] = config
         method = self.methods.create(config)

@@ -66,9 +66,12 @@ CASES: dict[str, dict[str, Any]] = {
         "build": "eyepacs",
         "raw": {"width": 1944, "height": 1296, "train_patients": 12, "test_patients": 2},
         "raw_smoke": {"train_patients": 4, "test_patients": 2},
-        # The pipeline without boxes: lesion patches are cut and flipped on device, and a box
-        # file only adds a lookup per record; the model's step takes candidate-sized boxes.
-        "data": {"tfds_name": "eyepacs", "boxes": ""},
+        # Boxes: a box file written by `prepare` (1-4 random lesion-sized boxes per image).
+        "data": {"tfds_name": "eyepacs"},
+        "boxes": True,
+        # Before: the whole photo to the device, which cuts the patches; after: the host cuts
+        # them (the config's default).
+        "variants": {"device_cut": {"lesion_pairs": 0}, "host_pairs": {"lesion_pairs": 128}},
     },
     "picard": {
         "config": "configs/picard.py",
@@ -76,6 +79,9 @@ CASES: dict[str, dict[str, Any]] = {
         "raw": {"rows": 2457, "cols": 1996, "frames": (9, 10, 11), "rle": False},
         "raw_smoke": {"rows": 300, "cols": 280, "frames": (9, 10, 11), "rle": False},
         "data": {"tfds_name": "duke_dbt/slices"},
+        # Before: one crop per decoded slice (the config's default, as the original); after:
+        # 8 crops per decoded slice, mixed over 8 batches.
+        "variants": {"one_crop": {"crops_per_image": 1}, "crops8": {"crops_per_image": 8}},
     },
     "simclr": {
         "config": "configs/simclr_vgg19.py",
@@ -102,7 +108,7 @@ def _log(msg: str) -> None:
     print(f"[pipeline] {msg}", file=sys.stderr, flush=True)
 
 
-def _config(method: str, data_dir: str, source: str = "tfds", folder: str = ""):
+def _config(method: str, data_dir: str, source: str = "tfds", folder: str = "", variant: str = ""):
     case = CASES[method]
     spec = importlib.util.spec_from_file_location(f"_cfg_{method}", REPO / case["config"])
     module = importlib.util.module_from_spec(spec)
@@ -116,7 +122,33 @@ def _config(method: str, data_dir: str, source: str = "tfds", folder: str = ""):
             # Volumes are read from their raw NIfTI files; images from a folder of PNGs.
             config.data.name = "nifti_folder" if case.get("volumes") else "folder"
             config.data.root = folder
+        if case.get("boxes"):
+            config.data.boxes = os.path.join(os.path.dirname(data_dir), f"boxes_{source}.json")
+        for key, value in case.get("variants", {}).get(variant, {}).items():
+            config.data[key] = value
     return config
+
+
+def _variants(method: str) -> list[str]:
+    """The pipeline settings measured for `method` ("" = its config as it is)."""
+    return list(CASES[method].get("variants", {})) or [""]
+
+
+def _write_boxes(path: str, ids: list[str], size: int, seed: int) -> None:
+    """1-4 random boxes of 10-60 px per image (LCL's lesions are at most 128 px at 512)."""
+    import numpy as np
+
+    from jaxad.lesions import boxes as box_files
+
+    rng = np.random.default_rng(seed)
+    rows = {}
+    for image_id in ids:
+        n = int(rng.integers(1, 5))
+        side = rng.uniform(10, 60, (n, 2))
+        corner = rng.uniform(10, size - 70, (n, 2))
+        score = np.full((n, 1), 0.95)
+        rows[image_id] = np.concatenate([corner, corner + side, score, np.zeros((n, 1))], 1)
+    box_files.write_boxes(path, rows)
 
 
 # --- children ---
@@ -141,6 +173,7 @@ def run_prepare(method: str, tmp: str, smoke: bool) -> dict:
         shutil.move(raw, folder)  # read as they are, by the NIfTI folder source
         return {"build_sec": build_sec}
     config = _config(method, data_dir)
+    config.data.boxes = ""  # the box files are written below, for these records
     src = sources.get_source(config.data, config.data.train_split)
     good = os.path.join(folder, "train", "good")
     os.makedirs(good)
@@ -153,6 +186,12 @@ def run_prepare(method: str, tmp: str, smoke: bool) -> dict:
             raise TypeError(f"{method}: stored images are {image.dtype}, expected uint8/uint16")
         shapes.add(image.shape)
         Image.fromarray(image).save(os.path.join(good, f"{i:05d}.png"))
+    if case.get("boxes"):
+        size = int(config.data.image_size)
+        ids = [str(src[i]["id"]) for i in range(len(src))]
+        _write_boxes(os.path.join(tmp, "boxes_tfds.json"), ids, size, seed=0)
+        folder_ids = [f"train/good/{i:05d}.png" for i in range(len(src))]
+        _write_boxes(os.path.join(tmp, "boxes_folder.json"), folder_ids, size, seed=0)
     shutil.rmtree(raw)
     return {
         "train_images": len(src),
@@ -161,12 +200,14 @@ def run_prepare(method: str, tmp: str, smoke: bool) -> dict:
     }
 
 
-def run_pipeline(method: str, tmp: str, source: str, opts: dict) -> dict:
+def run_pipeline(method: str, tmp: str, source: str, variant: str, opts: dict) -> dict:
     from jaxad.data import pipeline
 
     os.environ["JAXAD_DATA_DIR"] = os.path.join(tmp, "cache")  # NIfTI slice cache, kept apart
     load = bench_common.OtherLoad(bench_common.tree_cpu_sec)  # the workers are its own
-    config = _config(method, os.path.join(tmp, "tfds"), source, os.path.join(tmp, "folder"))
+    config = _config(
+        method, os.path.join(tmp, "tfds"), source, os.path.join(tmp, "folder"), variant
+    )
     it = pipeline.train_iterator(
         config.data,
         config.data.train_split,
@@ -187,9 +228,13 @@ def run_pipeline(method: str, tmp: str, source: str, opts: dict) -> dict:
     wall = time.perf_counter() - t0
     cpu = bench_common.tree_cpu_sec() - cpu0
     images = batches * opts["batch"]
+    arrays = {k: v for k, v in first.items() if hasattr(v, "nbytes")}
     return {
         "source": source,
-        "image_shape": list(first["image"].shape[1:]),
+        "variant": variant,
+        "data_settings": CASES[method].get("variants", {}).get(variant, {}),
+        "shapes": {k: list(v.shape[1:]) for k, v in arrays.items()},
+        "bytes_per_image": sum(v.nbytes for v in arrays.values()) / opts["batch"],
         "num_workers": int(config.data.num_workers),
         "num_threads": int(config.data.num_threads),
         "first_batch_sec": first_sec,
@@ -215,6 +260,7 @@ def run_model(method: str, tmp: str, opts: dict) -> dict:
         config.batch_size = n
         if method == "lesioncl":
             config.data.boxes = "candidates"  # the step cuts patches around boxes (given below)
+            config.data.lesion_pairs = 0  # (the same FLOPs as with pairs cut on the host)
             config.lcl.steps_per_epoch = 100  # the schedule's epoch, without reading the data
     mesh = parallel.make_mesh()
     method_obj = methods.create(config)
@@ -286,21 +332,26 @@ def _method(method: str, args: argparse.Namespace, runs: list) -> dict:
         result["prepare"] = part
         if "error" in part:
             return result
-        for source in ("tfds", "folder"):
-            part = bench_common.spawn_child(__file__, f"pipeline:{method}:{source}", flags)
-            runs.append((f"{method} {source}", part))
-            result[source] = part
-            _log(f"{method} {source}: {part.get('images_per_core_sec')} images per core-second")
+        sources = [
+            f"{source}:{variant}" if variant else source
+            for source in ("tfds", "folder")
+            for variant in _variants(method)
+        ]
+        for name in sources:
+            part = bench_common.spawn_child(__file__, f"pipeline:{method}:{name}", flags)
+            runs.append((f"{method} {name}", part))
+            result[name] = part
+            _log(f"{method} {name}: {part.get('images_per_core_sec')} images per core-second")
         part = bench_common.spawn_child(__file__, f"model:{method}", flags)
         runs.append((f"{method} model", part))
         result["model"] = part
         if "error" not in part:
             result["hosts"] = {
-                source: estimate(
-                    part["train_flops_per_image"], result[source]["images_per_core_sec"], args.mfu
+                name: estimate(
+                    part["train_flops_per_image"], result[name]["images_per_core_sec"], args.mfu
                 )
-                for source in ("tfds", "folder")
-                if result[source].get("images_per_core_sec")
+                for name in sources
+                if result[name].get("images_per_core_sec")
             }
         return result
     finally:
@@ -324,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args._child:
         kind, _, rest = args._child.partition(":")
-        method, _, source = rest.partition(":")
+        method, _, rest = rest.partition(":")
+        source, _, variant = rest.partition(":")
         opts = {
             "seconds": args.seconds,
             "batch": args.batch,
@@ -334,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "prepare":
             result = run_prepare(method, args._tmp, args.smoke)
         elif kind == "pipeline":
-            result = run_pipeline(method, args._tmp, source, opts)
+            result = run_pipeline(method, args._tmp, source, variant, opts)
         else:
             result = run_model(method, args._tmp, opts)
         with open(args._result, "w", encoding="utf-8") as f:

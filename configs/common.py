@@ -151,6 +151,14 @@ def data_config() -> ml_collections.ConfigDict:
     d.hflip = False
     d.vflip = False
     d.flip_fov = False
+    # Throughput of the host (bench/pipeline.py): several crops of each decoded image (mixed
+    # across batches; 1 = one crop per read, as the originals), and lesion-based CL's patch
+    # pairs cut on the host, in uint8 (0: the whole image goes to the device, which cuts them).
+    d.crops_per_image = 1
+    d.lesion_pairs = 0
+    # With lesion_pairs: decode each training image once per machine and keep it resized, in
+    # uint8, on local disk (jaxad.data.decoded_cache; image_size^2 x 3 bytes per image).
+    d.decoded_cache = False
     # Reading: worker processes, read threads and batches read ahead, per process.
     d.num_workers = 2
     d.num_threads = 8

@@ -48,6 +48,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.box_threshold = 0.8
     c.data.box_max_side = 128.0
     c.data.box_margin = 5.0
+    # The host cuts the two 128 px patches (the original's law, `pipeline.lesion_pair_example`)
+    # and sends them in uint8, not the whole 512 px photo: 16x fewer bytes, and a TPU host
+    # keeps up (bench/README.md, pipeline). 0: the device cuts them (the demo variants do).
+    c.data.lesion_pairs = 128
+    # Each photo decoded once per machine, kept at 512 px in uint8 on local disk (786 kB per
+    # photo, 27.6 GB for EyePACS's 35,126; $JAXAD_DATA_DIR/decoded): decoding dominates the
+    # host's cost per image otherwise. False decodes every photo at every epoch.
+    c.data.decoded_cache = True
 
     c.model.depth = 50
     c.model.width = 64
@@ -85,6 +93,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if variant in ("simclr", "demo_simclr"):
         c.lcl.views = "whole"
         c.data.boxes = ""
+    if variant != "paper":
+        c.data.lesion_pairs = 0
+        c.data.decoded_cache = False
     if variant in ("demo", "demo_simclr"):
         # The DR demo photos (jaxad.data.dr_demo: 200 training photos with grades 0-4), at
         # 128 px, with boxes from the built-in candidate generator; what differs, and why:

@@ -62,6 +62,7 @@ RESUMABLE = (
     "data.prefetch",
     "data.nifti_cache",  # Where decoded slices are kept, not their values.
     "data.nifti_cache_gb",
+    "data.decoded_cache",  # The same images, decoded once.
     "data.on_corrupt",  # Unreadable files cannot be trained on either way.
     "collapse.*",  # A warning's settings (jaxad.collapse).
     "model.fast_conv_grad",  # How kernel gradients are computed; not what they are.

@@ -206,4 +206,8 @@ def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
         )
     if image.dtype != np.uint8:
         return (unit_float(image) - mean) / std
-    return (image.astype(np.float32) / np.float32(255.0) - mean) / std
+    out = image.astype(np.float32)  # the operations in place: no further 4-byte copies
+    np.divide(out, np.float32(255.0), out=out)
+    np.subtract(out, mean, out=out)
+    np.divide(out, std, out=out)
+    return out

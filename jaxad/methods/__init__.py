@@ -52,6 +52,13 @@ def create(config) -> Method:
 def example_batch(config: ml_collections.ConfigDict, local_batch_size: int) -> dict:
     """A zero batch with the pipeline's shapes, for building a state without reading data."""
     s, c = config.data.crop_size or config.data.image_size, config.data.channels
+    patch = int(config.data.get("lesion_pairs", 0))
+    if patch:  # lesion-based CL's pairs cut on the host (`pipeline.lesion_pair_example`)
+        return {
+            "pairs": np.zeros((local_batch_size, 2, patch, patch, c), np.uint8),
+            "label": np.zeros((local_batch_size,), np.int32),
+            "grade": np.zeros((local_batch_size,), np.int32),
+        }
     return {
         "image": np.zeros((local_batch_size, s, s, c), np.float32),
         "fov": np.ones((local_batch_size, s, s), np.float32),

@@ -11,6 +11,10 @@ NT-Xent, τ 0.07, as the original calls SupCon without labels). Fact sheet B3-B7
   authors' predictions converted with `python -m jaxad.lesions import-pickle`, IDRiD's mask
   boxes, or the built-in candidates), rescaled to `data.image_size` (512) and filtered as B3.
 - Patches and augmentations: `jaxad.ops.lesion_augment` (B4-B5), on device, one key per image.
+  With `data.lesion_pairs` = `lcl.patch_size` the host cuts the two patches by the same law
+  (`jaxad.data.pipeline.lesion_pair_example`) and sends them in uint8 instead of the whole
+  photo: what a TPU host needs to feed its chips (bench/pipeline.py); the augmentations stay
+  on device. Validation cuts on device either way.
 - `lcl.views='whole'` is the whole-image SimCLR baseline of the paper (the two views are the
   whole image resized to the patch size, then the same augmentations), for comparisons at the
   same cost.
@@ -203,6 +207,12 @@ class LesionCL(Method):
             )
         self.config, self.cfg = config, cfg
         self.size = int(cfg.patch_size)
+        host_pairs = int(config.data.lesion_pairs)
+        if host_pairs and (cfg.views != "lesion" or host_pairs != self.size):
+            raise ValueError(
+                f"config.data.lesion_pairs={host_pairs}: use 0, or lcl.patch_size "
+                f"({self.size}) with lcl.views='lesion' (got {cfg.views!r})."
+            )
         self.aug = augmentation(cfg)
         depth, width = int(config.model.depth), int(config.model.width)
         self.net = ContrastiveNet(
@@ -234,6 +244,9 @@ class LesionCL(Method):
     # --- views -------------------------------------------------------------------------------
     def pairs(self, key: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
         """The two un-augmented views of each image: lesion patches, or the whole image."""
+        if "pairs" in batch:  # cut on the host (data.lesion_pairs), uint8 [B, 2, P, P, 3]
+            pairs = batch["pairs"].astype(jnp.float32) / 255.0
+            return pairs[:, 0], pairs[:, 1]
         images = batch["image"]
         if self.cfg.views == "whole":
             box = jnp.asarray([0, 0, images.shape[1], images.shape[2]], jnp.float32)

@@ -57,6 +57,7 @@ neighbour.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -125,23 +126,24 @@ GRADING = LesionAugment(
 # ----------------------------------------------------------------------------- lesion patches
 
 
-def patch_start(u: jax.Array, lo: jax.Array, hi: jax.Array, extent: int, size: int) -> jax.Array:
+def patch_start(u: Any, lo: Any, hi: Any, extent: int, size: int, *, xp: Any = jnp) -> Any:
     """int32 first pixel of a `size`-long patch around the box [lo, hi) on an axis of `extent`.
 
     B4's rule for one uniform `u` in [0, 1), then Pillow's rounding. Defensive clipping (B3's
     filter makes it a no-op): the box is clipped to [0, extent], a box longer than `size` gets
     slack 0 (the patch then starts at the box and covers its first `size` pixels), and the start
-    is clipped at 0 (reachable only in the mirrored case with extent < size).
+    is clipped at 0 (reachable only in the mirrored case with extent < size). ``xp=np`` runs
+    the same rule on the host (`jaxad.data.pipeline.lesion_pair_example`).
     """
-    lo = jnp.clip(lo, 0.0, extent)
-    hi = jnp.clip(hi, lo, extent)
+    lo = xp.clip(lo, 0.0, extent)
+    hi = xp.clip(hi, lo, extent)
     width = hi - lo
-    slack = jnp.maximum(size - width, 0.0)
+    slack = xp.maximum(size - width, 0.0)
     normal = lo < extent - width
-    room = jnp.where(normal, jnp.minimum(lo, slack), jnp.minimum(extent - width, slack))
-    shift = jnp.trunc(u * room)  # Python's int() on a non-negative float
-    start = jnp.where(normal, lo - shift, lo - (slack - shift))
-    return jnp.maximum(jnp.round(start), 0).astype(jnp.int32)
+    room = xp.where(normal, xp.minimum(lo, slack), xp.minimum(extent - width, slack))
+    shift = xp.trunc(u * room)  # Python's int() on a non-negative float
+    start = xp.where(normal, lo - shift, lo - (slack - shift))
+    return xp.maximum(xp.round(start), 0).astype(xp.int32)
 
 
 def lesion_patch_origin(

@@ -1,0 +1,149 @@
+"""Decoded training images, kept on local disk so that each is decoded once per machine.
+
+A TPU host feeds its chips from a few CPU cores; lesion-based CL's step costs so little per image
+that decoding a 512 px photo for every step is more than a v5e-8 host's cores can do
+(bench/README.md, pipeline). `DecodedCache` wraps a training source: the first read of a record
+decodes it, resizes it to ``data.image_size`` (uint8, as the pipeline would) and writes the
+result into one memory-mapped array per split; every later read is a view into that array, so a
+pipeline that cuts small patches touches only their rows. Records keep ``label``, ``grade`` and,
+with lesion boxes, ``boxes`` / ``num_boxes``; ``mask`` and ``fov`` are not kept (the patch
+pipelines that use the cache do not read them).
+
+The files live under ``$JAXAD_DATA_DIR/decoded`` (else ``~/.cache/jaxad/decoded``), named by a
+hash of what defines the records: the data config's source keys, the split, the number of
+records, the folder files' sizes and modification times, the box file's, and the image size.
+Worker processes share them: each opens the arrays itself, fills the slots it reads, and marks a
+slot done only after its image is written, so a killed process leaves at most a slot that is
+decoded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from jaxad.data import transforms
+
+VERSION = 1
+_KEYS = ("name", "tfds_name", "data_dir", "root", "demo", "label_fraction", "label_fraction_seed")
+_BOX_KEYS = ("boxes", "box_threshold", "box_max_side", "box_margin", "box_swap_wh", "max_boxes")
+
+
+def cache_dir() -> str:
+    base = os.environ.get("JAXAD_DATA_DIR") or os.path.join("~", ".cache", "jaxad")
+    return os.path.join(os.path.expanduser(base), "decoded")
+
+
+def _file_stamp(path: str) -> list[Any]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [path, None]
+    return [path, st.st_size, st.st_mtime_ns]
+
+
+def fingerprint(src: Any, data_cfg, split: str) -> str:
+    """A hash of what defines the split's decoded records (see the module docstring)."""
+    from jaxad.data import lesion_boxes
+
+    what: dict[str, Any] = {
+        "version": VERSION,
+        "split": split,
+        "records": len(src),
+        "size": int(data_cfg.image_size),
+        "channels": int(data_cfg.channels),
+        **{k: str(data_cfg.get(k, "")) for k in _KEYS},
+        **{k: str(data_cfg.get(k, "")) for k in _BOX_KEYS},
+    }
+    boxes = str(data_cfg.get("boxes", ""))
+    if boxes and boxes != lesion_boxes.CANDIDATES:
+        what["box_file"] = _file_stamp(boxes)
+    files = lesion_boxes.record_files(getattr(src, "source", src))
+    if files is not None:
+        what["files"] = [_file_stamp(str(f)) for f in files]
+    text = json.dumps(what, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+class DecodedCache:
+    """A source whose records are decoded once, resized to ``size`` and kept on disk (uint8)."""
+
+    def __init__(self, src: Any, data_cfg, split: str, directory: str | None = None):
+        self._src = src
+        self.size = int(data_cfg.image_size)
+        self.channels = int(data_cfg.channels)
+        self.max_boxes = int(data_cfg.get("max_boxes", 0)) if data_cfg.get("boxes", "") else 0
+        self.prefix = os.path.join(directory or cache_dir(), fingerprint(src, data_cfg, split))
+        self._arrays: dict[str, np.memmap] | None = None
+
+    def __len__(self) -> int:
+        return len(self._src)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Worker processes open the arrays themselves.
+        return {**self.__dict__, "_arrays": None}
+
+    def _fields(self) -> dict[str, tuple[tuple[int, ...], Any]]:
+        n, s, c, k = len(self._src), self.size, self.channels, self.max_boxes
+        fields = {
+            "image": ((n, s, s, c), np.uint8),
+            "label": ((n,), np.int32),
+            "grade": ((n,), np.int32),
+            "done": ((n,), np.uint8),
+        }
+        if k:
+            fields.update(boxes=((n, k, 4), np.float32), num_boxes=((n,), np.int32))
+        return fields
+
+    def _open(self) -> dict[str, np.memmap]:
+        if self._arrays is None:
+            os.makedirs(os.path.dirname(self.prefix), exist_ok=True)
+            arrays = {}
+            for name, (shape, dtype) in self._fields().items():
+                path = f"{self.prefix}.{name}"
+                nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+                # Created at full length, sparse (zeros, nothing done), by whichever process
+                # comes first; opening an existing file never truncates it.
+                with open(path, "ab") as f:
+                    if f.tell() < nbytes:
+                        f.truncate(nbytes)
+                arrays[name] = np.memmap(path, dtype=dtype, mode="r+", shape=shape)
+            self._arrays = arrays
+            logging.info(
+                "decoded training images: %d of %d at %s.* (%.1f GB when all are read)",
+                int(np.count_nonzero(arrays["done"])),
+                len(self._src),
+                self.prefix,
+                arrays["image"].nbytes / 1e9,
+            )
+        return self._arrays
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        arrays = self._open()
+        if not arrays["done"][index]:
+            rec = self._src[index]
+            image = transforms.to_channels(np.asarray(rec["image"]), self.channels)
+            arrays["image"][index] = transforms.to_uint8(transforms.resize_image(image, self.size))
+            arrays["label"][index] = rec["label"]
+            arrays["grade"][index] = rec["grade"]
+            if self.max_boxes:
+                arrays["boxes"][index] = rec["boxes"]
+                arrays["num_boxes"][index] = rec["num_boxes"]
+            arrays["done"][index] = 1  # after the image: a reader never sees half of one
+        out = {
+            "image": arrays["image"][index],
+            "label": np.int32(arrays["label"][index]),
+            "grade": np.int32(arrays["grade"][index]),
+        }
+        if self.max_boxes:
+            out["boxes"] = np.asarray(arrays["boxes"][index])
+            out["num_boxes"] = np.int32(arrays["num_boxes"][index])
+        return out
+
+    def __repr__(self) -> str:
+        return f"DecodedCache({self._src!r}, size={self.size}, prefix={self.prefix!r})"

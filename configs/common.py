@@ -156,8 +156,9 @@ def data_config() -> ml_collections.ConfigDict:
     # pairs cut on the host, in uint8 (0: the whole image goes to the device, which cuts them).
     d.crops_per_image = 1
     d.lesion_pairs = 0
-    # With lesion_pairs: decode each training image once per machine and keep it resized, in
-    # uint8, on local disk (jaxad.data.decoded_cache; image_size^2 x 3 bytes per image).
+    # Decode each 8-bit training image once per machine and keep it resized on local disk
+    # (jaxad.data.decoded_cache, $JAXAD_DATA_DIR/decoded: image_size^2 x (channels + 2) bytes
+    # per image; not with crop_size).
     d.decoded_cache = False
     # Reading: worker processes, read threads and batches read ahead, per process.
     d.num_workers = 2

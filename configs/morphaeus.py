@@ -64,6 +64,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.std = (1.0,)
     c.data.hflip = False  # no augmentation
     c.data.vflip = False
+    # Each X-ray decoded once per machine, kept at 128 px on local disk (48 kB per image with its
+    # mask and FOV; the same values): the step is so cheap that decoding every image each epoch
+    # is more than a TPU host's cores can do (bench/README.md, pipeline).
+    c.data.decoded_cache = True
     c.data.train_split = "train"
     c.data.val_split = "validation"
     c.data.test_split = "test"
@@ -128,6 +132,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.name = "demo"
         c.data.demo = "cxr"
         c.data.tfds_name = ""
+        c.data.decoded_cache = False
         c.data.num_workers = 0
         c.data.num_threads = 2
         c.eval.pixel_metrics = True  # the demo has opacity masks

@@ -194,7 +194,45 @@ def test_decoded_cache_gives_the_same_pairs_without_decoding_again(tmp_path, mon
             np.testing.assert_array_equal(a[key], c[key])
 
 
-def test_decoded_cache_is_for_lesion_pairs(tmp_path):
-    root = make_folder(tmp_path / "ds", 3)
-    with pytest.raises(ValueError, match="data.decoded_cache"):
-        _iterator(make_cfg(root, decoded_cache=True), batch=2)
+def test_decoded_cache_gives_the_same_batches(tmp_path, monkeypatch):
+    """Resized images, masks and soft FOVs as the pipeline makes them, flips on top."""
+    monkeypatch.setenv("JAXAD_DATA_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "ds"
+    rng = np.random.default_rng(0)
+    for split in ("train/good", "test/good"):
+        (root / split).mkdir(parents=True)
+        for i in range(5):
+            image = rng.integers(0, 256, (23, 31, 3), dtype=np.uint8)
+            Image.fromarray(image).save(root / split / f"{i}.png")
+    cfg = make_cfg(root, image_size=16, fov="circle")
+    plain = take(_iterator(cfg, batch=3, seed=2), 4)
+    cfg.decoded_cache = True
+    first, again = (
+        take(_iterator(cfg, batch=3, seed=2), 4),
+        take(_iterator(cfg, batch=3, seed=2), 4),
+    )
+    assert 0 < plain[0]["fov"].mean() < 1 and len(np.unique(plain[0]["fov"])) > 2  # soft edges
+    for a, b, c in zip(plain, first, again, strict=True):
+        assert a.keys() == b.keys() == c.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+            np.testing.assert_array_equal(a[key], c[key])
+
+
+def test_decoded_cache_refuses_crops_and_float_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXAD_DATA_DIR", str(tmp_path / "cache"))
+    root = make_folder(tmp_path / "ds", 3, mode="L")
+    with pytest.raises(ValueError, match="data.decoded_cache keeps images resized"):
+        _iterator(_crop_cfg(root, decoded_cache=True), batch=2)
+    from jaxad.data import decoded_cache
+
+    class FloatSource:
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            return {"image": np.zeros((4, 4, 1), np.float16), "label": 0, "grade": 0}
+
+    cache = decoded_cache.DecodedCache(FloatSource(), make_cfg(root, channels=1), "train")
+    with pytest.raises(ValueError, match="keeps 8-bit images.*float16.*decoded_cache=False"):
+        cache[0]

@@ -1,13 +1,17 @@
 """Decoded training images, kept on local disk so that each is decoded once per machine.
 
-A TPU host feeds its chips from a few CPU cores; lesion-based CL's step costs so little per image
-that decoding a 512 px photo for every step is more than a v5e-8 host's cores can do
+A TPU host feeds its chips from a few CPU cores; lesion-based CL's and MorphAEus's steps cost so
+little per image that decoding the image for every step is more than a v5e-8 host's cores can do
 (bench/README.md, pipeline). `DecodedCache` wraps a training source: the first read of a record
-decodes it, resizes it to ``data.image_size`` (uint8, as the pipeline would) and writes the
-result into one memory-mapped array per split; every later read is a view into that array, so a
-pipeline that cuts small patches touches only their rows. Records keep ``label``, ``grade`` and,
-with lesion boxes, ``boxes`` / ``num_boxes``; ``mask`` and ``fov`` are not kept (the patch
-pipelines that use the cache do not read them).
+decodes it, resizes it to ``data.image_size`` exactly as the pipeline does
+(`transforms.resize_record`: uint8 image, nearest mask, soft FOV) and writes the result into
+memory-mapped arrays, one per field and split; every later read is a view into them, so a
+pipeline that cuts small patches touches only their rows. Records keep ``image``, ``mask``,
+``fov`` (float32, the same values: the soft FOV is k / 255 and kept as k), ``label``, ``grade``
+and, with lesion boxes, ``boxes`` / ``num_boxes``; with ``maps=False`` (lesion-based CL's host
+pairs, which read neither) no mask or FOV. Records come out marked ``resized``, so that the
+pipeline does not resize them again. Only 8-bit images are kept (float slices have their own
+cache, `jaxad.data.nifti`).
 
 The files live under ``$JAXAD_DATA_DIR/decoded`` (else ``~/.cache/jaxad/decoded``), named by a
 hash of what defines the records: the data config's source keys, the split, the number of
@@ -73,8 +77,11 @@ def fingerprint(src: Any, data_cfg, split: str) -> str:
 class DecodedCache:
     """A source whose records are decoded once, resized to ``size`` and kept on disk (uint8)."""
 
-    def __init__(self, src: Any, data_cfg, split: str, directory: str | None = None):
+    def __init__(
+        self, src: Any, data_cfg, split: str, *, maps: bool = True, directory: str | None = None
+    ):
         self._src = src
+        self.maps = maps
         self.size = int(data_cfg.image_size)
         self.channels = int(data_cfg.channels)
         self.max_boxes = int(data_cfg.get("max_boxes", 0)) if data_cfg.get("boxes", "") else 0
@@ -96,6 +103,8 @@ class DecodedCache:
             "grade": ((n,), np.int32),
             "done": ((n,), np.uint8),
         }
+        if self.maps:
+            fields.update(mask=((n, s, s), np.uint8), fov=((n, s, s), np.uint8))
         if k:
             fields.update(boxes=((n, k, 4), np.float32), num_boxes=((n,), np.int32))
         return fields
@@ -127,8 +136,20 @@ class DecodedCache:
         arrays = self._open()
         if not arrays["done"][index]:
             rec = self._src[index]
-            image = transforms.to_channels(np.asarray(rec["image"]), self.channels)
-            arrays["image"][index] = transforms.to_uint8(transforms.resize_image(image, self.size))
+            image = np.asarray(rec["image"])
+            if image.dtype != np.uint8:
+                raise ValueError(
+                    f"data.decoded_cache keeps 8-bit images, but record {index} of {self._src!r} "
+                    f"is {image.dtype}: set data.decoded_cache=False"
+                )
+            image = transforms.to_channels(image, self.channels)
+            if self.maps:
+                rec = transforms.resize_record(dict(rec, image=image), self.size)
+                arrays["mask"][index] = rec["mask"]
+                arrays["fov"][index] = np.rint(rec["fov"] * np.float32(255.0)).astype(np.uint8)
+                arrays["image"][index] = rec["image"]
+            else:
+                arrays["image"][index] = transforms.resize_image(image, self.size)
             arrays["label"][index] = rec["label"]
             arrays["grade"][index] = rec["grade"]
             if self.max_boxes:
@@ -139,7 +160,11 @@ class DecodedCache:
             "image": arrays["image"][index],
             "label": np.int32(arrays["label"][index]),
             "grade": np.int32(arrays["grade"][index]),
+            "resized": True,
         }
+        if self.maps:
+            out["mask"] = np.asarray(arrays["mask"][index])
+            out["fov"] = arrays["fov"][index].astype(np.float32) / np.float32(255.0)
         if self.max_boxes:
             out["boxes"] = np.asarray(arrays["boxes"][index])
             out["num_boxes"] = np.int32(arrays["num_boxes"][index])

@@ -25,8 +25,8 @@ declared in ``configs/common.py:data_config()``):
   `transforms.random_crop`), ``crop_min_max`` (its background rejection threshold),
   ``crops_per_image`` (crops cut from each decoded image, mixed across batches) and
   ``lesion_pairs`` (> 0: cut lesion-based CL's two patches of that size on the host,
-  `lesion_pair_example`) and ``decoded_cache`` (with ``lesion_pairs``: decode each image once
-  per machine, `jaxad.data.decoded_cache`).
+  `lesion_pair_example`) and ``decoded_cache`` (decode each 8-bit image once per machine and
+  keep it resized on local disk, `jaxad.data.decoded_cache`; not with ``crop_size``).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def _train_example(
     if crop_size:
         rec = dict(rec, image=transforms.to_channels(rec["image"], channels))
         rec = transforms.random_crop(rec, rng, crop_size, min_max=crop_min_max)
-    else:
+    elif not rec.get("resized"):  # (`decoded_cache.DecodedCache` records already are)
         rec = _resized(rec, size=size, channels=channels)
     rec = transforms.random_flips(rec, rng, hflip=hflip, vflip=vflip, flip_fov=flip_fov)
     return {
@@ -258,11 +258,16 @@ def train_iterator(
     crops = int(getattr(data_cfg, "crops_per_image", 1))
     patch = int(getattr(data_cfg, "lesion_pairs", 0))
     cache = bool(getattr(data_cfg, "decoded_cache", False))
-    if cache and patch:
+    if cache and int(data_cfg.crop_size):
+        raise ValueError(
+            "data.decoded_cache keeps images resized to data.image_size; data.crop_size crops "
+            "them at full resolution: set data.decoded_cache=False (or data.crops_per_image)"
+        )
+    if cache:
         from jaxad.data import decoded_cache
 
-        # One sparse file for the split; this process fills the slots of its records.
-        src = decoded_cache.DecodedCache(src, data_cfg, split)
+        # One sparse file per field for the split; this process fills the slots it reads.
+        src = decoded_cache.DecodedCache(src, data_cfg, split, maps=not patch)
     ds = grain.MapDataset.source(src)[process_index::process_count]
     if len(ds) == 0:
         raise ValueError(
@@ -280,8 +285,6 @@ def train_iterator(
         raise ValueError(
             f"data.crops_per_image={crops}: use 1, or more than 1 together with data.crop_size"
         )
-    if cache and not patch:
-        raise ValueError("data.decoded_cache keeps images for data.lesion_pairs only: set both")
     if patch:
         if not getattr(data_cfg, "boxes", ""):
             raise ValueError("data.lesion_pairs needs lesion boxes: set data.boxes too")

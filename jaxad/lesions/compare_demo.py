@@ -16,6 +16,7 @@ one is only evaluated again), so an interrupted comparison picks up where it sto
 from the repository's root (the configs are imported from configs/).
 
   python -m jaxad.lesions.compare_demo --workdir=/tmp/lcl_compare [--seed=1] [--grader=demo_linear]
+      [--dtype=float32|bfloat16]       # model.dtype of all five runs
 """
 
 from __future__ import annotations
@@ -32,21 +33,28 @@ PRETRAININGS = {"lcl": "demo", "simclr": "demo_simclr"}
 GRADERS = ("demo", "demo_linear")
 
 
-def pretraining_config(variant: str, seed: int) -> ml_collections.ConfigDict:
-    """configs/lesioncl.py:<variant> with `seed`."""
+def pretraining_config(
+    variant: str, seed: int, dtype: str = "float32"
+) -> ml_collections.ConfigDict:
+    """configs/lesioncl.py:<variant> with `seed` and `model.dtype`."""
     from configs import lesioncl
 
     config = lesioncl.get_config(variant)
     config.seed = seed
+    config.model.dtype = dtype
     return config
 
 
-def grader_config(grader: str, seed: int, init_from: str = "") -> ml_collections.ConfigDict:
-    """configs/dr_grading.py:<grader> with `seed`, started from the run in `init_from` ('' none)."""
+def grader_config(
+    grader: str, seed: int, init_from: str = "", dtype: str = "float32"
+) -> ml_collections.ConfigDict:
+    """configs/dr_grading.py:<grader> with `seed` and `model.dtype`, started from the run in
+    `init_from` ('' none)."""
     from configs import dr_grading
 
     config = dr_grading.get_config(grader)
     config.seed = seed
+    config.model.dtype = dtype
     config.init_from.workdir = init_from
     return config
 
@@ -71,19 +79,22 @@ def grader_summary(metrics: dict, seconds: float) -> dict:
     }
 
 
-def compare(workdir: str | pathlib.Path, seed: int = 1, grader: str = "demo_linear") -> dict:
+def compare(
+    workdir: str | pathlib.Path, seed: int = 1, grader: str = "demo_linear", dtype: str = "float32"
+) -> dict:
     """Runs the five runs of the module docstring and writes `workdir`/comparison.json."""
     if grader not in GRADERS:
         raise ValueError(f"grader must be one of {GRADERS}, got {grader!r}")
     root = pathlib.Path(workdir)
-    result: dict = {"seed": seed, "grader": grader, "pretraining_seconds": {}, "graders": {}}
+    result: dict = {"seed": seed, "grader": grader, "dtype": dtype}
+    result.update(pretraining_seconds={}, graders={})
     starts = {"scratch": ""}
     for name, variant in PRETRAININGS.items():
-        _, seconds = timed_run(pretraining_config(variant, seed), root / name)
+        _, seconds = timed_run(pretraining_config(variant, seed, dtype), root / name)
         result["pretraining_seconds"][name] = round(seconds, 1)
         starts[name] = str(root / name)
     for name, init_from in starts.items():
-        config = grader_config(grader, seed, init_from)
+        config = grader_config(grader, seed, init_from, dtype)
         metrics, seconds = timed_run(config, root / f"grader_{name}")
         result["graders"][name] = grader_summary(metrics, seconds)
     (root / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -98,8 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--grader", choices=GRADERS, default="demo_linear")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args(argv)
-    result = compare(args.workdir, seed=args.seed, grader=args.grader)
+    result = compare(args.workdir, seed=args.seed, grader=args.grader, dtype=args.dtype)
     for name, g in result["graders"].items():
         print(f"{name:8s} val kappa {g['val_kappa']:.4f}  test kappa {g['test_kappa']:.4f}")
     return 0

@@ -3,6 +3,7 @@ r"""PICARD's sampling throughput (vmap, lax.map, Python loop over M) and window 
     python bench/picard.py --out=picard.json [--window_batches=1,4,8,32] [--calls=N]
         [--parts=vmapped,map,loop,dense,skip] [--dense_batch=N] [--dense_calls=N]
         [--crop=512x640] [--image=2000x2500] [--skip_image=768x1024] [--skip_batch=1]
+        [--skip_stride=N] [--skip_full=2457x1996]
     python bench/picard.py --out=picard_smoke.json --smoke      # tiny model, checks the script
 
 Model: configs/picard.py as published (generator width 32, 3,596,162 parameters; local critic
@@ -97,7 +98,13 @@ printed and written to `--out`.
   `chunks_skipping`; `sec_all`, `sec_skipping` (medians; `_all` lists), `cpu_sec_*`;
   `speedup` = sec_all / sec_skipping and `cpu_speedup`; `computed_windows_max_abs_diff`
   (the computed windows' scores with and without skipping: an error above 1e-3 of the largest
-  score) and `skipped_windows_max_abs_value` (must be 0).
+  score) and `skipped_windows_max_abs_value` (must be 0). `--skip_stride` (default: the
+  config's 32) spaces the timed windows further apart, so that a paper-size model finishes on
+  a large view (the time per window does not depend on the stride). `full_view`: the same
+  layout at a DBT view's full size (`--skip_full`) and the config's stride, windows counted,
+  not timed: `windows`, `skipped_windows`, `skipped_share`, and `sec_all_extrapolated` /
+  `sec_skipping_extrapolated` = the timed seconds per computed window x its windows /
+  computed windows (an extrapolation, not a measurement).
 """
 
 from __future__ import annotations
@@ -134,6 +141,8 @@ DEFAULTS = {
         "image": "2000x2500",
         "skip_image": "768x1024",
         "skip_batch": 1,
+        "skip_stride": 0,
+        "skip_full": "2457x1996",
     },
     "smoke": {
         "window_batches": "1,4",
@@ -143,6 +152,8 @@ DEFAULTS = {
         "image": "1000x1250",
         "skip_image": "128x192",
         "skip_batch": 4,
+        "skip_stride": 0,
+        "skip_full": "256x384",
     },
 }
 
@@ -419,6 +430,7 @@ def run_dense(
     method.window_scores_at = compiled
     out: dict[str, Any] = {"window_batch": window_batch, "compile_sec": compile_sec}
     out["sampling"] = method.sampling
+    out["stride"] = int(config.picard.stride)
     out["chunk_memory"] = l2v_bench._memory(compiled)
     _, out["warmup_sec"], _ = l2v_bench._timed(lambda: compiled(params, windows, key, first))
     out["peak_rss_after_warmup_bytes"] = bench_common.peak_rss_bytes()
@@ -492,11 +504,20 @@ def dbt_like_image(rng, height: int, width: int):
 
 
 def run_skip(
-    smoke: bool, window_batch: int, calls: int, size: tuple, params_file: str | None
+    smoke: bool,
+    window_batch: int,
+    calls: int,
+    size: tuple,
+    params_file: str | None,
+    stride: int = 0,
+    full: tuple = (),
 ) -> dict:
     """Times `dense_map` on a DBT-like image with and without `ignore_black_regions`."""
     load = bench_common.OtherLoad()
     config = load_config(smoke)
+    config_stride = int(config.picard.stride)
+    if stride:
+        config.picard.stride = stride
     method, params, windows, key = _setup(config, window_batch, params_file)
     import numpy as np
 
@@ -516,6 +537,7 @@ def run_skip(
     black = picard.black_windows(image, rows, cols, method.window)
     out: dict[str, Any] = {"window_batch": window_batch, "compile_sec": compile_sec}
     out["sampling"] = method.sampling
+    out["stride"] = int(config.picard.stride)
     out["image"] = list(size)
     out["grid"] = [int(rows.size), int(cols.size)]
     out["windows"] = int(black.size)
@@ -546,6 +568,23 @@ def run_skip(
     out["computed_windows_max_abs_diff"] = float(np.abs(grid_all - grid_skip)[~black].max())
     out["computed_windows_max_abs_score"] = float(np.abs(grid_all[~black]).max(initial=0.0))
     out["skipped_windows_max_abs_value"] = float(np.abs(grid_skip[black]).max(initial=0.0))
+    if full:
+        config.picard.stride = config_stride
+        big, _ = dbt_like_image(np.random.default_rng(config.seed), *full)
+        full_rows, full_cols = methods.create(config).grid(*full)
+        full_black = picard.black_windows(big, full_rows, full_cols, method.window)
+        per_all = out["sec_all"] / black.size
+        per_skip = out["sec_skipping"] / max(int(black.size - black.sum()), 1)
+        n_full, n_skip = int(full_black.size), int(full_black.sum())
+        out["full_view"] = {
+            "image": list(full),
+            "stride": config_stride,
+            "windows": n_full,
+            "skipped_windows": n_skip,
+            "skipped_share": n_skip / n_full,
+            "sec_all_extrapolated": per_all * n_full,
+            "sec_skipping_extrapolated": per_skip * (n_full - n_skip),
+        }
     out["peak_rss_bytes"] = bench_common.peak_rss_bytes()
     out["other_cpus_busy"] = load.cpus()
     return out
@@ -574,6 +613,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image", help="extrapolation target, HxW (default 2000x2500; smoke 1000x1250)")
     p.add_argument("--skip_image", help="DBT-like image of skip, HxW (default 768x1024)")
     p.add_argument("--skip_batch", type=int, help="window batch of skip (default 1; smoke 4)")
+    p.add_argument("--skip_stride", type=int, help="stride of skip's timed windows (0: config)")
+    p.add_argument("--skip_full", help="full DBT view size of skip's window count, HxW")
     p.add_argument("--_child", help=argparse.SUPPRESS)
     p.add_argument("--_result", help=argparse.SUPPRESS)
     p.add_argument("--_params", help=argparse.SUPPRESS)
@@ -592,6 +633,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         args.window_batches = [int(b) for b in args.window_batches.split(",") if b.strip()]
         args.crop, args.image = _size(args.crop), _size(args.image)
         args.skip_image = _size(args.skip_image)
+        args.skip_full = _size(args.skip_full)
     except ValueError as e:
         p.error(f"--window_batches, --crop, --image: {e}")
     if not args.window_batches or min(args.window_batches) < 1:
@@ -609,6 +651,8 @@ def _flags(args: argparse.Namespace, params_file: str) -> list[str]:
     flags.append(f"--_params={params_file}")
     flags += [f"--crop={crop}", f"--image={image}", f"--skip_batch={args.skip_batch}"]
     flags.append("--skip_image=" + "x".join(map(str, args.skip_image)))
+    flags.append("--skip_full=" + "x".join(map(str, args.skip_full)))
+    flags.append(f"--skip_stride={args.skip_stride}")
     return flags + (["--smoke"] if args.smoke else [])
 
 
@@ -622,7 +666,15 @@ def _run_child(child: str, args: argparse.Namespace) -> dict:
         return run_vmapped(args.smoke, int(batch), args.calls, args._params, sampling="map")
     if part == "skip":
         size = args.skip_image
-        return run_skip(args.smoke, int(batch), args.dense_calls, size, args._params)
+        return run_skip(
+            args.smoke,
+            int(batch),
+            args.dense_calls,
+            size,
+            args._params,
+            stride=args.skip_stride,
+            full=args.skip_full,
+        )
     if part == "loop":
         return run_loop(args.smoke, int(batch), args.calls, args._params)
     return run_dense(args.smoke, int(batch), args.dense_calls, args.crop, args.image, args._params)

@@ -218,6 +218,25 @@ def _padding_example(*, size: int, channels: int) -> dict[str, Any]:
     }
 
 
+def _example_fn(data_cfg, opts: dict[str, Any], patch: int):
+    """The per-record training transform: lesion pairs, or crop/resize + flips + normalise."""
+    if patch:
+        if not getattr(data_cfg, "boxes", ""):
+            raise ValueError("data.lesion_pairs needs lesion boxes: set data.boxes too")
+        return functools.partial(
+            lesion_pair_example, size=opts["size"], channels=opts["channels"], patch=patch
+        )
+    return functools.partial(
+        _train_example,
+        **opts,
+        hflip=bool(data_cfg.hflip),
+        vflip=bool(data_cfg.vflip),
+        flip_fov=bool(data_cfg.flip_fov),
+        crop_size=int(data_cfg.crop_size),
+        crop_min_max=float(data_cfg.crop_min_max),
+    )
+
+
 def train_iterator(
     data_cfg,
     split: str,
@@ -285,22 +304,7 @@ def train_iterator(
         raise ValueError(
             f"data.crops_per_image={crops}: use 1, or more than 1 together with data.crop_size"
         )
-    if patch:
-        if not getattr(data_cfg, "boxes", ""):
-            raise ValueError("data.lesion_pairs needs lesion boxes: set data.boxes too")
-        fn = functools.partial(
-            lesion_pair_example, size=opts["size"], channels=opts["channels"], patch=patch
-        )
-    else:
-        fn = functools.partial(
-            _train_example,
-            **opts,
-            hflip=bool(data_cfg.hflip),
-            vflip=bool(data_cfg.vflip),
-            flip_fov=bool(data_cfg.flip_fov),
-            crop_size=int(data_cfg.crop_size),
-            crop_min_max=float(data_cfg.crop_min_max),
-        )
+    fn = _example_fn(data_cfg, opts, patch)
     ds = ds.seed(local_seed).shuffle().repeat()
     if crops == 1:
         ds = ds.random_map(fn).batch(local_batch_size, drop_remainder=True)

@@ -72,13 +72,9 @@ def _config(name: str, size: str, dtype: str):
     overrides = {"model.dtype": dtype, **(TINY[name] if size == "tiny" else {})}
     if name == "dpa":
         overrides["dpa.vgg_weights"] = ""
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        target = config
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return config
+    from jaxad import run_config
+
+    return run_config.override(config, overrides)
 
 
 def _batch(name: str, config) -> dict:

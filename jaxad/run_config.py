@@ -27,6 +27,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -82,6 +83,25 @@ _ABSENT = object()  # A key missing from one of the two configs.
 
 class ConfigChangeError(ValueError):
     """A rerun changes keys that make it another run; the message lists them (one line)."""
+
+
+def override(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any], *, strict: bool = True
+) -> ml_collections.ConfigDict:
+    """`config` with dotted keys set ({"model.width": 8}), as `--config.model.width=8` sets them.
+
+    For code that builds configs (demos, benchmarks, tests). With ``strict`` a key the config
+    does not have is a KeyError naming it; otherwise an unlocked section gains it.
+    """
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        if strict and leaf not in node:
+            raise KeyError(f"no config key {key}")
+        node[leaf] = value
+    return config
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

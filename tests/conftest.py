@@ -67,14 +67,10 @@ def tiny_config(root: os.PathLike, **overrides):
 
 
 def override(config, overrides: dict):
-    """`config` with dotted keys set, as `--config.a.b=v` would (for tests)."""
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return config
+    """`config` with dotted keys set, as `--config.a.b=v` would (`run_config.override`)."""
+    from jaxad import run_config
+
+    return run_config.override(config, overrides, strict=False)
 
 
 def pytest_configure(config):

@@ -110,3 +110,17 @@ def test_rerun_with_a_changed_model_leaves_the_run_usable(fundus_root, tmp_path)
     train.run(tiny_config(fundus_root, total_steps=3, **off), str(tmp_path))
     assert checkpoint.load_run(str(tmp_path)).step == 3
     assert (tmp_path / "config_history" / "config.1.json").is_file()
+
+
+def test_override_sets_dotted_keys_and_names_an_unknown_one():
+    import ml_collections
+
+    from jaxad import run_config
+
+    config = ml_collections.ConfigDict({"model": {"width": 4}, "seed": 0})
+    assert run_config.override(config, {"model.width": 8, "seed": 3}) is config
+    assert config.model.width == 8 and config.seed == 3
+    with pytest.raises(KeyError, match="no config key model.depth"):
+        run_config.override(config, {"model.depth": 18})
+    run_config.override(config, {"model.depth": 18}, strict=False)
+    assert config.model.depth == 18

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxad import run_config
+
 STAGES = (
     "generate",
     "simclr",
@@ -62,18 +64,6 @@ def load_config(name: str, variant: str):
     return importlib.import_module(f"configs.{name}").get_config(variant)
 
 
-def _override(config, overrides: Mapping[str, Any] | None) -> None:
-    """Sets dotted keys ("model.nf": 8) of a config; unknown keys are errors."""
-    for key, value in (overrides or {}).items():
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        if leaf not in node:
-            raise KeyError(f"no config key {key}")
-        node[leaf] = value
-
-
 def _scaled_steps(config, steps_scale: float) -> None:
     config.total_steps = max(1, round(config.total_steps * steps_scale))
     config.checkpoint_every = min(config.checkpoint_every, config.total_steps)
@@ -89,7 +79,7 @@ def simclr_config(data_root: str | os.PathLike, steps_scale: float = 1.0, overri
     """configs/simclr_vgg19.py:demo on the population in `data_root`."""
     c = load_config("simclr_vgg19", "demo")
     _use_population(c, data_root)
-    _override(c, overrides)
+    run_config.override(c, overrides or {})
     _scaled_steps(c, steps_scale)
     return c
 
@@ -106,7 +96,7 @@ def dpa_config(
     _use_population(c, data_root)
     c.dpa.axis = axis  # data.axis follows it
     c.dpa.vgg_weights = str(vgg_weights)
-    _override(c, overrides)
+    run_config.override(c, overrides or {})
     _scaled_steps(c, steps_scale)
     return c
 

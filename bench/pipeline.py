@@ -1,6 +1,6 @@
 r"""Can the input pipeline feed a TPU host? Images/s per host CPU core of each method's pipeline.
 
-    python bench/pipeline.py --out=bench_pipeline.json            # every method, ~20 min, 2 cores
+    python bench/pipeline.py --out=bench_pipeline.json            # every method, ~30 min, 2 cores
     python bench/pipeline.py --out=smoke.json --smoke --methods=lesion2void
 
 Per method, at its paper config (`configs/<method>.py`, no variant), three children:
@@ -9,12 +9,15 @@ Per method, at its paper config (`configs/<method>.py`, no variant), three child
   (`data_builders/<name>/fake_data.py`), built with `jaxad.data.build` into array_record (tfds),
   and the built training images written once more as an MVTec-layout folder of PNGs
   (`<dir>/train/good/*.png`, 8 or 16 bit as stored), so both sources hold the same images.
-- `pipeline:<source>` (`tfds` or `folder`): `jaxad.data.pipeline.train_iterator` exactly as
-  training builds it (the config's augmentation, image size, `data.num_workers` worker processes
-  and `data.num_threads` read threads), batches of `--batch` images; the first batch (starting
-  threads and workers) is not timed, then batches for at least `--seconds`. `images_per_sec`
-  (wall) and `images_per_core_sec` = images / CPU seconds of this process and its workers:
-  what one host core delivers, whatever the number of cores this machine lends it.
+- `pipeline:<source>[:<variant>]` (`tfds` or `folder`): `jaxad.data.pipeline.train_iterator`
+  exactly as training builds it (the config's augmentation, image size, `data.num_workers`
+  worker processes and `data.num_threads` read threads), batches of `--batch` images; the
+  first batch (starting threads and workers) is not timed, nor, with `data.decoded_cache`, one
+  pass over the records (which fills the cache); then batches for at least `--seconds`.
+  `images_per_sec` (wall) and `images_per_core_sec` = images / CPU seconds of this process and
+  its workers: what one host core delivers, whatever the number of cores this machine lends
+  it; `bytes_per_image`, what an example weighs leaving the pipeline. A method's `variants`
+  (`CASES`) are `data.*` settings measured in turn, before and after a fix.
 - `model`: the method's training step lowered at its paper image size (`methods.create`,
   `methods.init_state`, `train.make_train_step`, on `methods.example_batch`), XLA's FLOP count
   per training image (`compiled.cost_analysis()` at a batch of `--flop_batch`, divided by it;

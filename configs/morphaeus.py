@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.std = (1.0,)
     c.data.hflip = False  # no augmentation
     c.data.vflip = False
-    # Each X-ray decoded once per machine, kept at 128 px on local disk (48 kB per image with its
+    # Each X-ray decoded once per machine, kept at 128 px on local disk (49 kB per image with its
     # mask and FOV; the same values): the step is so cheap that decoding every image each epoch
     # is more than a TPU host's cores can do (bench/README.md, pipeline).
     c.data.decoded_cache = True

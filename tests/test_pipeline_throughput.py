@@ -236,3 +236,23 @@ def test_decoded_cache_refuses_crops_and_float_images(tmp_path, monkeypatch):
     cache = decoded_cache.DecodedCache(FloatSource(), make_cfg(root, channels=1), "train")
     with pytest.raises(ValueError, match="keeps 8-bit images.*float16.*decoded_cache=False"):
         cache[0]
+
+
+def test_decoded_cache_is_rebuilt_when_the_data_change(tmp_path):
+    from jaxad.data import decoded_cache, sources
+
+    root = _lesion_folder(tmp_path / "ds")
+    cfg = _pair_cfg(root)
+
+    def prefix():
+        src = sources.get_source(cfg, "train")
+        return decoded_cache.DecodedCache(src, cfg, "train", directory=str(tmp_path)).prefix
+
+    first = prefix()
+    assert prefix() == first
+    image = root / "train" / "good" / "0.png"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(image)  # an edited image
+    second = prefix()
+    assert second != first
+    cfg.image_size = 32  # another size
+    assert prefix() not in (first, second)

@@ -15,7 +15,9 @@ cache, `jaxad.data.nifti`).
 
 The files live under ``$JAXAD_DATA_DIR/decoded`` (else ``~/.cache/jaxad/decoded``), named by a
 hash of what defines the records: the data config's source keys, the split, the number of
-records, the folder files' sizes and modification times, the box file's, and the image size.
+records, the sizes and modification times of the files behind them (folder images, a tfds
+dataset's prepared files) and of the box file, and the image size: rebuilt or edited data is
+decoded afresh.
 Worker processes share them: each opens the arrays itself, fills the slots it reads, and marks a
 slot done only after its image is written, so a killed process leaves at most a slot that is
 decoded again.
@@ -51,6 +53,24 @@ def _file_stamp(path: str) -> list[Any]:
     return [path, st.st_size, st.st_mtime_ns]
 
 
+def _files(src: Any) -> set[str]:
+    """The files behind a source (folder images, a tfds dataset's prepared files), through its
+    wrappers (boxes, label fractions, concatenated splits); none for generated sources."""
+    from jaxad.data import lesion_boxes
+
+    out: set[str] = set()
+    for part in getattr(src, "parts", None) or [src]:
+        while hasattr(part, "source"):
+            part = part.source
+        files = lesion_boxes.record_files(part)
+        if files is not None:
+            out.update(str(f) for f in files)
+        files_dir = getattr(part, "files_dir", "")
+        if files_dir and os.path.isdir(files_dir):
+            out.update(os.path.join(files_dir, f) for f in os.listdir(files_dir))
+    return out
+
+
 def fingerprint(src: Any, data_cfg, split: str) -> str:
     """A hash of what defines the split's decoded records (see the module docstring)."""
     from jaxad.data import lesion_boxes
@@ -67,9 +87,7 @@ def fingerprint(src: Any, data_cfg, split: str) -> str:
     boxes = str(data_cfg.get("boxes", ""))
     if boxes and boxes != lesion_boxes.CANDIDATES:
         what["box_file"] = _file_stamp(boxes)
-    files = lesion_boxes.record_files(getattr(src, "source", src))
-    if files is not None:
-        what["files"] = [_file_stamp(str(f)) for f in files]
+    what["files"] = [_file_stamp(f) for f in sorted(_files(src))]
     text = json.dumps(what, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 

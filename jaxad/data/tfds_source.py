@@ -77,6 +77,7 @@ class TfdsSource:
         if not builder.is_prepared():
             raise DatasetNotPreparedError(not_prepared_message(name, self.data_dir))
         self._source = builder.as_data_source(split)
+        self.files_dir = str(builder.data_dir)  # the prepared files (`decoded_cache` stamps them)
 
     def __len__(self) -> int:
         return len(self._source)

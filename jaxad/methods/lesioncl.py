@@ -207,7 +207,7 @@ class LesionCL(Method):
             )
         self.config, self.cfg = config, cfg
         self.size = int(cfg.patch_size)
-        host_pairs = int(config.data.lesion_pairs)
+        host_pairs = int(config.data.get("lesion_pairs", 0))  # (absent from older runs)
         if host_pairs and (cfg.views != "lesion" or host_pairs != self.size):
             raise ValueError(
                 f"config.data.lesion_pairs={host_pairs}: use 0, or lcl.patch_size "

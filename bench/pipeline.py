@@ -212,7 +212,7 @@ def run_prepare(method: str, tmp: str, smoke: bool) -> dict:
 def run_pipeline(method: str, tmp: str, source: str, variant: str, opts: dict) -> dict:
     from jaxad.data import pipeline
 
-    os.environ["JAXAD_DATA_DIR"] = os.path.join(tmp, "cache")  # NIfTI slice cache, kept apart
+    os.environ["JAXAD_DATA_DIR"] = os.path.join(tmp, "cache")  # the slice and decoded caches
     load = bench_common.OtherLoad(bench_common.tree_cpu_sec)  # the workers are its own
     config = _config(
         method, os.path.join(tmp, "tfds"), source, os.path.join(tmp, "folder"), variant

@@ -235,9 +235,8 @@ def test_decoded_cache_refuses_crops_and_float_images(tmp_path, monkeypatch):
         def __getitem__(self, index):
             return {"image": np.zeros((4, 4, 1), np.float16), "label": 0, "grade": 0}
 
-    cache = decoded_cache.DecodedCache(FloatSource(), make_cfg(root, channels=1), "train")
     with pytest.raises(ValueError, match="keeps 8-bit images.*float16.*decoded_cache=False"):
-        cache[0]
+        decoded_cache.DecodedCache(FloatSource(), make_cfg(root, channels=1), "train")
 
 
 def test_decoded_cache_is_rebuilt_when_the_data_change(tmp_path):

@@ -105,6 +105,15 @@ class DecodedCache:
         self.max_boxes = int(data_cfg.get("max_boxes", 0)) if data_cfg.get("boxes", "") else 0
         self.prefix = os.path.join(directory or cache_dir(), fingerprint(src, data_cfg, split))
         self._arrays: dict[str, np.memmap] | None = None
+        if len(src):  # in this process, before any worker starts: one clear error
+            self._check_dtype(0, np.asarray(src[0]["image"]).dtype)
+
+    def _check_dtype(self, index: int, dtype: np.dtype) -> None:
+        if dtype != np.uint8:
+            raise ValueError(
+                f"data.decoded_cache keeps 8-bit images, but record {index} of {self._src!r} is "
+                f"{dtype}: set data.decoded_cache=False"
+            )
 
     def __len__(self) -> int:
         return len(self._src)
@@ -155,11 +164,7 @@ class DecodedCache:
         if not arrays["done"][index]:
             rec = self._src[index]
             image = np.asarray(rec["image"])
-            if image.dtype != np.uint8:
-                raise ValueError(
-                    f"data.decoded_cache keeps 8-bit images, but record {index} of {self._src!r} "
-                    f"is {image.dtype}: set data.decoded_cache=False"
-                )
+            self._check_dtype(index, image.dtype)
             image = transforms.to_channels(image, self.channels)
             if self.maps:
                 rec = transforms.resize_record(dict(rec, image=image), self.size)

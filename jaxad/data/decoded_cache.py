@@ -105,8 +105,16 @@ class DecodedCache:
         self.max_boxes = int(data_cfg.get("max_boxes", 0)) if data_cfg.get("boxes", "") else 0
         self.prefix = os.path.join(directory or cache_dir(), fingerprint(src, data_cfg, split))
         self._arrays: dict[str, np.memmap] | None = None
-        if len(src):  # in this process, before any worker starts: one clear error
+        if len(src) and not self._first_done():  # before any worker starts: one clear error
             self._check_dtype(0, np.asarray(src[0]["image"]).dtype)
+
+    def _first_done(self) -> bool:
+        """Whether record 0 is already kept (then it was 8-bit, and nothing is decoded)."""
+        try:
+            with open(f"{self.prefix}.done", "rb") as f:
+                return f.read(1) == b"\x01"
+        except OSError:
+            return False
 
     def _check_dtype(self, index: int, dtype: np.dtype) -> None:
         if dtype != np.uint8:

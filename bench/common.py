@@ -1,4 +1,5 @@
-"""Measurement helpers every benchmark script shares (standard library only).
+"""Measurement helpers every benchmark script shares (standard library only: the PyTorch runners
+import this file too, from another environment).
 
 Each script runs its measurements in child processes (`spawn_child`), so that peak memory, the
 XLA state and caches belong to one measurement, and reports how busy the rest of the machine
@@ -8,10 +9,11 @@ was meanwhile (`OtherLoad`): timings mean something only when that is about 0.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import os
+import pathlib
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -19,52 +21,23 @@ import tempfile
 import time
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process since it started, in bytes.
-
-    Linux's `VmHWM` when there is one: `getrusage`'s `ru_maxrss` survives `exec`, so a child
-    started by a big parent (subprocess may use vfork) would report the parent's peak.
-    """
-    try:
-        with open("/proc/self/status", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB.
+def _library_timing():
+    """jaxad/bench/timing.py, loaded by path: it needs only the standard library at import, so
+    the PyTorch runners (another environment, without jaxad) share it too."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "jaxad" / "bench" / "timing.py"
+    spec = importlib.util.spec_from_file_location("_jaxad_bench_timing", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class OtherLoad:
-    """Average number of CPUs that other processes kept busy while this one measured.
-
-    Machine-wide busy time from /proc/stat minus this process's own CPU time, over the wall
-    time. Timings are only meaningful on an otherwise idle machine: a value near 0 says it was.
-    None where /proc/stat does not exist.
-    """
-
-    def __init__(self, own_cpu_sec=None):
-        """`own_cpu_sec`: the CPU seconds counted as this measurement's own (default: this
-        process's; `tree_cpu_sec` also counts its worker processes)."""
-        self._own = own_cpu_sec or cpu_sec
-        self._start = self._sample()
-
-    def _sample(self):
-        try:
-            with open("/proc/stat", encoding="utf-8") as f:
-                fields = [int(v) for v in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-        return time.perf_counter(), busy, self._own()
-
-    def cpus(self) -> float | None:
-        end = self._sample()
-        if self._start is None or end is None:
-            return None
-        wall, busy, own = (e - s for e, s in zip(end, self._start, strict=True))
-        return round(max(busy - own, 0.0) / wall, 2) if wall > 0 else None
+# The load, memory and CPU-time readers of `python -m jaxad.bench speed`.
+_timing = _library_timing()
+OtherLoad = _timing.OtherLoad
+children_cpu_sec = _timing.children_cpu_sec
+cpu_sec = _timing.cpu_sec
+peak_rss_bytes = _timing.peak_rss_bytes
+threads = _timing.threads
 
 
 def spawn_child(script: str, child: str, flags: list[str]) -> dict:
@@ -125,11 +98,6 @@ def write_report(report: dict, runs: list[tuple[str, dict]], out: str, log) -> i
 
 
 # --- shared by the runners that time jaxad against PyTorch (morphaeus.py, lesioncl.py) ---
-
-
-def cpu_sec() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def timed_call(fn) -> tuple[float, float]:
@@ -195,10 +163,6 @@ def run_alternating(calls, bench, make_runner, log) -> tuple[dict | None, float,
     return torch, wall, other
 
 
-def threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def summary(runs: list[tuple[float, float]]) -> dict:
     """Median wall and CPU seconds of (wall, cpu) calls, and every wall time."""
     return {
@@ -226,11 +190,6 @@ def env() -> dict:
         "threads": threads(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
-
-
-def children_cpu_sec() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def tree_cpu_sec() -> float:

@@ -1,0 +1,169 @@
+"""`python -m jaxad.bench quality`: cell configs, the table, resuming, errors, end to end."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxad import methods
+from jaxad.bench import quality
+
+
+def _folder(root: pathlib.Path, size: int = 48, rgb: bool = False) -> pathlib.Path:
+    """A small MVTec-layout folder unlike the demos: smooth noise, dark discs as anomalies."""
+    rng = np.random.default_rng(3)
+
+    def image() -> np.ndarray:
+        x = rng.normal(0.5, 0.05, (size // 4, size // 4))
+        x = np.kron(x, np.ones((4, 4)))
+        return np.clip(x + rng.normal(0, 0.01, (size, size)), 0, 1)
+
+    def save(path: pathlib.Path, a: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        a = np.round(a * 255).astype(np.uint8)
+        Image.fromarray(np.stack([a] * 3, -1) if rgb else a).save(path)
+
+    for i in range(12):
+        save(root / "train" / "good" / f"{i:02d}.png", image())
+    for i in range(4):
+        save(root / "test" / "good" / f"{i:02d}.png", image())
+        x, mask = image(), np.zeros((size, size), bool)
+        yy, xx = np.mgrid[:size, :size]
+        mask[(yy - 20 - i) ** 2 + (xx - 24) ** 2 < 36] = True
+        x[mask] = 0.1
+        save(root / "test" / "disc" / f"{i:02d}.png", x)
+        save(root / "ground_truth" / "disc" / f"{i:02d}_mask.png", mask.astype(float))
+    return root
+
+
+@pytest.mark.parametrize("method", quality.METHODS)
+@pytest.mark.parametrize("dataset", quality.DEMO_DATASETS)
+def test_cell_config_shares_the_budget_and_builds(method, dataset):
+    ds = quality.DEMOS[dataset]
+    c = quality.cell_config(method, ds, seed=2, steps=40)
+    assert (c.batch_size, c.total_steps, c.seed) == (quality.BATCH, 40, 2)
+    assert c.data.image_size == ds.size and c.data.name == "folder"
+    assert c.data.channels == (1 if method in quality.GREY_ONLY else ds.channels)
+    assert len(c.data.mean) == len(c.data.std) == c.data.channels
+    assert list(c.evals) == ["model"] and not c.evals.model.full_resolution
+    if method == "picard":
+        assert (c.picard.window_size, c.data.crop_size) == (ds.size // 2, ds.size // 2)
+    if method == "lesion2void":
+        assert c.l2v.grid == 3 * ds.size // 16
+    methods.create(c)  # the adapted settings are ones the method accepts
+
+
+def test_baseline_cell_runs_both_baselines():
+    c = quality.cell_config(quality.BASELINES, quality.DEMOS["fundus"], seed=0, steps=1)
+    assert sorted(e.type for e in c.evals.values()) == ["mean_image", "zscore"]
+    assert c.data.fov == "eyeq" and c.data.mean == quality.DEMOS["fundus"].mean
+
+
+def test_summary_and_markdown():
+    cells = {
+        "d": {
+            "m": [
+                {"image_auroc": 0.6, "train_sec": 10.0, "pixel_auroc": None},
+                {"image_auroc": 0.8, "train_sec": 14.0, "pixel_auroc": None},
+            ]
+        }
+    }
+    table = quality.summarise(cells)
+    stat = table["d"]["m"]["image_auroc"]
+    assert stat["mean"] == pytest.approx(0.7) and stat["n"] == 2
+    assert stat["std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    assert table["d"]["m"]["pixel_auroc"] is None
+    md = quality.markdown(table, "header")
+    rows = [line for line in md.splitlines() if line.startswith("| d |")]
+    assert rows == [
+        "| d | m | 0.700 ± 0.141 | - | - | - | - | - | 12 ± 3 | - |",
+    ]
+
+
+def test_resized_copy_and_brain_slices(tmp_path):
+    src = _folder(tmp_path / "src", size=48)
+    quality._resized_copy(src, tmp_path / "dst", 32, limit=2)
+    files = list((tmp_path / "dst").rglob("*.png"))
+    assert len(files) == 2 + 2 + 2 + 2  # train/good, test/good, test/disc, their masks
+    mask = np.asarray(Image.open(tmp_path / "dst/ground_truth/disc/00_mask.png"))
+    assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 255}
+    quality._brain_slices(tmp_path / "brain", 32, limit=1)
+    anomalous = sorted((tmp_path / "brain/test/anomaly").glob("*.png"))
+    assert anomalous and (tmp_path / "brain/test/good").is_dir()
+    for f in anomalous:
+        m = np.asarray(Image.open(tmp_path / "brain/ground_truth/anomaly" / f"{f.stem}_mask.png"))
+        assert m.any()
+
+
+def test_finished_cells_are_kept_not_rerun(tmp_path, monkeypatch):
+    folder = _folder(tmp_path / "mine")
+    out = tmp_path / "out"
+    rows = {"lesion2void": ("lesion2void", 0), "baselines": ("baselines", 0)}
+    for method, seed in rows.values():
+        wd = out / "runs" / "mine" / method / f"seed{seed}"
+        wd.mkdir(parents=True)
+        result = {"image_auroc": 0.9, "train_sec": 1.0}
+        body = {method: result}
+        if method == "baselines":
+            body = {"mean_image": result, "zscore": result}
+        (wd / quality.RESULT).write_text(json.dumps(body))
+
+    def no_run(*a, **k):
+        raise AssertionError("a finished cell was run again")
+
+    monkeypatch.setattr(quality.subprocess, "run", no_run)
+    flags = ["--datasets=", "--folder", str(folder), "--methods=lesion2void", "--seeds=1"]
+    code = quality.main(["--out", str(out), *flags, "--quick"])
+    assert code == 0
+    report = json.loads((out / "quality.json").read_text())
+    assert set(report["table"]["mine"]) == {"mean_image", "zscore", "lesion2void"}
+    assert "| mine | lesion2void | 0.900 |" in (out / "quality.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--methods=lesion2void,cflow"], "unknown cflow"),
+        (["--datasets=fundus,retina"], "unknown 'retina'"),
+        (["--datasets=", "--folder=/nonexistent/x"], "not an MVTec-layout folder"),
+        (["--datasets="], "no dataset"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys, flags, message):
+    assert quality.main(["--out", str(tmp_path), *flags]) == quality.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_quality_end_to_end_on_a_folder(tmp_path):
+    """Two methods, two seeds, both baselines on a small folder; a rerun runs nothing again."""
+    folder = _folder(tmp_path / "discs", size=64)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "jaxad.bench", "quality", f"--out={out}", "--datasets="]
+    cmd += [f"--folder={folder}", "--methods=lesion2void,morphaeus", "--seeds=2", "--quick"]
+    first = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert first.returncode == 0, first.stderr[-3000:]
+    report = json.loads((out / "quality.json").read_text())
+    assert report["budget"]["images_seen"] == 2 * quality.BATCH
+    table = report["table"]["discs"]
+    assert set(table) == {"mean_image", "zscore", "lesion2void", "morphaeus"}
+    for row in ("lesion2void", "morphaeus"):
+        for key in ("image_auroc", "pixel_auroc", "best_dice", "fpr_at_tpr95", "train_sec"):
+            assert table[row][key]["n"] == 2, (row, key)
+            assert np.isfinite(table[row][key]["mean"])
+        assert 0 <= table[row]["image_auroc"]["mean"] <= 1
+        assert table[row]["score_images_per_sec"]["mean"] > 0
+    # The disc is far darker than anything normal: the intensity z-score finds it.
+    assert table["zscore"]["pixel_auroc"]["mean"] > 0.9
+    md = (out / "quality.md").read_text()
+    assert sum(line.startswith("| discs |") for line in md.splitlines()) == 4
+    again = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert again.returncode == 0 and "running" not in again.stderr
+    assert again.stderr.count("done before, kept") == 5

@@ -186,12 +186,22 @@ def use_dr_demo(data: ml_collections.ConfigDict, image_size: int = 128) -> None:
 
 
 def anomaly_map_eval(
-    *, full_resolution: bool = False, prefix: str = "", split: str = "", output: str = "map"
+    *,
+    full_resolution: bool = False,
+    prefix: str = "",
+    split: str = "",
+    output: str = "map",
+    smooth_sigma: float = 0.0,
+    image_score: str = "method",
+    top_k: float = 0.01,
 ) -> ml_collections.ConfigDict:
     """The method's anomaly maps (`score`, or `dense_map` at each image's own resolution).
 
     `output` names the map among `score`'s outputs (a method may return several, e.g. a
-    variant's: `<output>` with its image scores `<output>_score`).
+    variant's: `<output>` with its image scores `<output>_score`). Post-processing
+    (`jaxad.evals.postprocess`): a Gaussian of `smooth_sigma` px on each map (0: off), and the
+    image score: 'method' (the method's own), 'max', 'mean' or 'topk_mean' (the mean of the
+    highest `top_k` fraction of pixels), over the field of view.
     """
     return ml_collections.ConfigDict(
         dict(
@@ -200,6 +210,9 @@ def anomaly_map_eval(
             split=split,
             full_resolution=full_resolution,
             output=output,
+            smooth_sigma=smooth_sigma,
+            image_score=image_score,
+            top_k=top_k,
         )
     )
 

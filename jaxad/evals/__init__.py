@@ -30,11 +30,11 @@ import numpy as np
 from jaxad import paths, writers
 from jaxad.evals import core
 
-_NOT_EVALUATORS = ("core",)
+_NOT_EVALUATORS = ("core", "postprocess")
 
 
 def available() -> list[str]:
-    """The evaluator types: the modules of this package except the core."""
+    """The evaluator types: the modules of this package except the shared helpers."""
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _NOT_EVALUATORS)
 
 

@@ -6,7 +6,9 @@ resized to `data.image_size` in global batches with `method.score` (image scores
 (window-based methods such as PICARD on 2000 x 2500 px slices), the image score being the
 map's maximum inside the field of view. `output` names another map of `score`'s outputs
 (`<output>` [B, H, W] with its image scores `<output>_score` [B]), e.g. a variant trained in
-the same run. Metrics: `jaxad.evals.core.MapAccumulator`.
+the same run. `smooth_sigma`, `image_score` and `top_k` post-process the maps and image scores
+before the metrics (`jaxad.evals.postprocess`; the defaults leave the method's own). Metrics:
+`jaxad.evals.core.MapAccumulator`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from jaxad.evals import core
+from jaxad.evals import core, postprocess
 from jaxad.methods import base
 
 
@@ -23,6 +25,8 @@ def check(ecfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict, me
         raise ValueError(
             f"output={ecfg.output!r} needs full_resolution=False: dense_map gives one map."
         )
+    name = next((n for n, e in config.evals.items() if e is ecfg), "<anomaly_map>")
+    postprocess.check(*_post(ecfg), where=f"config.evals.{name}")
     hook = "dense_map" if ecfg.full_resolution else "score"
     if not base.provides(method, hook):
         raise ValueError(
@@ -31,7 +35,17 @@ def check(ecfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict, me
         )
 
 
+def _post(ecfg) -> tuple[float, str, float]:
+    """(smooth_sigma, image_score, top_k), with the defaults for configs saved before them."""
+    return (
+        float(ecfg.get("smooth_sigma", 0.0)),
+        str(ecfg.get("image_score", "method")),
+        float(ecfg.get("top_k", 0.01)),
+    )
+
+
 def evaluate(ecfg, config, method, state, mesh) -> core.Result:
+    sigma, kind, top_k = _post(ecfg)
     split = core.eval_split(config, ecfg)
     acc = core.MapAccumulator(
         pixel_metrics=bool(config.eval.pixel_metrics), num_overlays=int(config.eval.num_overlays)
@@ -40,17 +54,26 @@ def evaluate(ecfg, config, method, state, mesh) -> core.Result:
         key = jax.random.fold_in(jax.random.key(config.seed), 2)
 
         def map_of(rec, image, index):
-            return method.dense_map(state, image, jax.random.fold_in(key, index))
+            amap = method.dense_map(state, image, jax.random.fold_in(key, index))
+            return postprocess.smooth(amap, sigma)
 
-        core.accumulate_full_resolution(config, split, map_of, acc)
+        def score_of(amap, fov):
+            return postprocess.image_scores(amap[None], fov[None], kind, top_k)[0]
+
+        score = None if kind == "method" else score_of
+        core.accumulate_full_resolution(config, split, map_of, acc, score_of=score)
     else:
         scores_of = core.batch_scorer(method, state, mesh, config.seed)
 
         def maps_of(local):
             out = scores_of(local)
             if ecfg.output == "map":
-                return out["map"], out["image_score"]
-            return out[ecfg.output], out[f"{ecfg.output}_score"]
+                maps, scores = out["map"], out["image_score"]
+            else:
+                maps, scores = out[ecfg.output], out[f"{ecfg.output}_score"]
+            return postprocess.apply(
+                maps, scores, local["fov"], sigma=sigma, kind=kind, top_k=top_k
+            )
 
         core.accumulate_batched(config, split, mesh, maps_of, acc)
     return acc.finish(split)

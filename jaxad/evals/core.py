@@ -343,13 +343,14 @@ def accumulate_full_resolution(
     split: str,
     map_of: Callable[[dict, np.ndarray, int], np.ndarray],
     acc: MapAccumulator,
+    score_of: Callable[[np.ndarray, np.ndarray], float] | None = None,
 ) -> MapAccumulator:
     """Scores the split image by image at each image's own resolution.
 
     `map_of(record, unit_image, index)` gives the map [H, W] of one image (float32 [H, W, C]
-    in [0, 1]); the image score is the map's maximum inside the field of view (a small lesion
-    shows in its peak, not in the image mean). Processes take images `index::process_count`;
-    memory stays at one image and its map.
+    in [0, 1]); the image score is `score_of(map, fov)`, by default the map's maximum inside
+    the field of view (a small lesion shows in its peak, not in the image mean). Processes take
+    images `index::process_count`; memory stays at one image and its map.
     """
     src = sources.get_source(config.data, split)
     progress = writers.CountProgress(f"scoring split {split!r}", local_count(len(src)))
@@ -364,7 +365,10 @@ def accumulate_full_resolution(
                 f"the anomaly map has shape {amap.shape} for an image of {image.shape}"
             )
         fov = rec["fov"] > 0
-        score = float(amap[fov].max()) if fov.any() else float("nan")
+        if score_of is not None:
+            score = float(score_of(amap, fov))
+        else:
+            score = float(amap[fov].max()) if fov.any() else float("nan")
         acc.add(
             id=rec["id"],
             label=rec["label"],

@@ -126,6 +126,47 @@ def test_finished_cells_are_kept_not_rerun(tmp_path, monkeypatch):
     assert "| mine | lesion2void | 0.900 |" in (out / "quality.md").read_text()
 
 
+def test_a_new_postprocess_row_reevaluates_only_that(tmp_path, monkeypatch):
+    folder = _folder(tmp_path / "mine")
+    out = tmp_path / "out"
+    for method in ("lesion2void", "baselines"):
+        wd = out / "runs" / "mine" / method / "seed0"
+        wd.mkdir(parents=True)
+        row = {"image_auroc": 0.9, "train_sec": 1.0}
+        body = {"mean_image": row, "zscore": row} if method == "baselines" else {method: row}
+        (wd / quality.RESULT).write_text(json.dumps(body))
+    specs = []
+
+    def fake_run(cmd, **kwargs):
+        spec = json.loads(pathlib.Path(cmd[cmd.index("--_cell") + 1]).read_text())
+        specs.append(spec)
+        name = quality.row_name(spec["method"], spec["postprocess"][0])
+        result = {**spec["previous"], name: {"image_auroc": 0.95, "train_sec": 1.0}}
+        pathlib.Path(spec["workdir"], quality.RESULT).write_text(json.dumps(result))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(quality.subprocess, "run", fake_run)
+    flags = ["--datasets=", "--folder", str(folder), "--methods=lesion2void", "--seeds=1"]
+    assert quality.main(["--out", str(out), *flags, "--postprocess=2:max", "--quick"]) == 0
+    assert [s["method"] for s in specs] == ["lesion2void"]  # the baselines were kept
+    assert specs[0]["previous"] == {"lesion2void": {"image_auroc": 0.9, "train_sec": 1.0}}
+    assert specs[0]["postprocess"] == [[2.0, "max"]]
+    table = json.loads((out / "quality.json").read_text())["table"]["mine"]
+    assert table["lesion2void (σ 2, max)"]["image_auroc"]["mean"] == 0.95
+    assert table["lesion2void"]["image_auroc"]["mean"] == 0.9
+
+
+def test_postprocess_flag():
+    assert quality.parse_postprocess(["2:max", "0.5:topk_mean", "1"]) == [
+        (2.0, "max"),
+        (0.5, "topk_mean"),
+        (1.0, "method"),
+    ]
+    assert quality.row_name("picard", (2.0, "max")) == "picard (σ 2, max)"
+    with pytest.raises(ValueError, match="--postprocess=x:max"):
+        quality.parse_postprocess(["x:max"])
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -148,12 +189,16 @@ def test_quality_end_to_end_on_a_folder(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "jaxad.bench", "quality", f"--out={out}", "--datasets="]
     cmd += [f"--folder={folder}", "--methods=lesion2void,morphaeus", "--seeds=2", "--quick"]
+    cmd += ["--postprocess=1:max"]
     first = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert first.returncode == 0, first.stderr[-3000:]
     report = json.loads((out / "quality.json").read_text())
     assert report["budget"]["images_seen"] == 2 * quality.BATCH
     table = report["table"]["discs"]
-    assert set(table) == {"mean_image", "zscore", "lesion2void", "morphaeus"}
+    posts = {"lesion2void (σ 1, max)", "morphaeus (σ 1, max)"}
+    assert set(table) == {"mean_image", "zscore", "lesion2void", "morphaeus", *posts}
+    for row in posts:
+        assert table[row]["image_auroc"]["n"] == 2 and table[row]["pixel_auroc"]["n"] == 2
     for row in ("lesion2void", "morphaeus"):
         for key in ("image_auroc", "pixel_auroc", "best_dice", "fpr_at_tpr95", "train_sec"):
             assert table[row][key]["n"] == 2, (row, key)
@@ -163,7 +208,7 @@ def test_quality_end_to_end_on_a_folder(tmp_path):
     # The disc is far darker than anything normal: the intensity z-score finds it.
     assert table["zscore"]["pixel_auroc"]["mean"] > 0.9
     md = (out / "quality.md").read_text()
-    assert sum(line.startswith("| discs |") for line in md.splitlines()) == 4
+    assert sum(line.startswith("| discs |") for line in md.splitlines()) == 6
     again = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert again.returncode == 0 and "running" not in again.stderr
     assert again.stderr.count("done before, kept") == 5

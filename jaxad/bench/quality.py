@@ -25,6 +25,10 @@ where the test split has masks; training seconds (start-up and compilation inclu
 images/s (the test split's images over the evaluation's wall time, its compilation excluded).
 Results are the mean and the sample standard deviation over seeds.
 
+`--postprocess=SIGMA:SCORE` adds a row per method and option: the same trained state's maps
+smoothed by a Gaussian of SIGMA px and image scores taken as SCORE ('method', 'max', 'mean',
+'topk_mean'; `jaxad.evals.postprocess`), evaluated after the plain row.
+
 DIR/runs/<dataset>/<method>/seed<k> is each cell's workdir (each trains in its own process) and
 its `result.json` marks it done: a rerun of the command skips finished cells and resumes an
 unfinished one from its last checkpoint. DIR/quality.json and DIR/quality.md hold the table.
@@ -314,6 +318,8 @@ def _metrics(path: pathlib.Path, prefix: str = "") -> dict[str, Any]:
 
 def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     """Trains (timed), then evaluates (timed) one cell; the result that goes to result.json."""
+    import ml_collections
+
     from jaxad import evals, parallel, train
 
     saved = spec["dataset"]
@@ -330,18 +336,58 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
             out[prefix] = {**m, "train_sec": None, "score_images_per_sec": None}
         out["eval_sec"] = sec
         return out
-    evals_cfg = config.evals
-    config.eval.enabled = False
-    t0 = time.perf_counter()
-    train.run(config, os.fspath(workdir))
-    train_sec = time.perf_counter() - t0
-    config.mode, config.eval.enabled, config.evals = "eval", True, evals_cfg
-    with _EvalClock() as clock:
+    method = spec["method"]
+    out = dict(spec.get("previous") or {})
+    model_eval = config.evals.model
+    if method not in out:
+        config.eval.enabled = False
+        t0 = time.perf_counter()
         train.run(config, os.fspath(workdir))
-    m = _metrics(workdir / "eval" / "metrics.json")
-    score_sec = clock.scoring_sec()
-    per_sec = (m["num_images"] or 0) / score_sec if score_sec else None
-    return {spec["method"]: {**m, "train_sec": train_sec, "score_images_per_sec": per_sec}}
+        train_sec = time.perf_counter() - t0
+        config.mode, config.eval.enabled = "eval", True
+        with _EvalClock() as clock:
+            train.run(config, os.fspath(workdir))
+        m = _metrics(workdir / "eval" / "metrics.json")
+        score_sec = clock.scoring_sec()
+        per_sec = (m["num_images"] or 0) / score_sec if score_sec else None
+        out[method] = {**m, "train_sec": train_sec, "score_images_per_sec": per_sec}
+    todo = [p for p in spec.get("postprocess", []) if row_name(method, p) not in out]
+    if todo:
+        # The same trained state, its maps post-processed (jaxad.evals.postprocess).
+        config.mode, config.eval.enabled = "eval", True
+        config.evals = ml_collections.ConfigDict()
+        for i, (sigma, kind) in enumerate(todo):
+            e = model_eval.copy_and_resolve_references()
+            e.prefix, e.smooth_sigma, e.image_score = f"post{i}/", float(sigma), kind
+            config.evals[f"post{i}"] = e
+        train.run(config, os.fspath(workdir))
+        for i, p in enumerate(todo):
+            m = _metrics(workdir / "eval" / "metrics.json", f"post{i}/")
+            train_sec = out[method]["train_sec"]
+            out[row_name(method, p)] = {**m, "train_sec": train_sec, "score_images_per_sec": None}
+    return out
+
+
+def row_name(method: str, post: Sequence) -> str:
+    """The table row of `method`'s maps post-processed as `post` = (sigma, image score)."""
+    sigma, kind = post
+    return f"{method} (σ {float(sigma):g}, {kind})"
+
+
+def parse_postprocess(values: Sequence[str]) -> list[tuple[float, str]]:
+    """`--postprocess` values 'SIGMA:SCORE' (e.g. '2:max') as (sigma, image score) pairs."""
+    from jaxad.evals import postprocess
+
+    out = []
+    for value in values:
+        sigma, _, kind = value.partition(":")
+        try:
+            post = (float(sigma), kind or "method")
+        except ValueError:
+            raise ValueError(f"--postprocess={value}: use SIGMA:SCORE, e.g. 2:max") from None
+        postprocess.check(post[0], post[1], 0.01, where="--postprocess")
+        out.append(post)
+    return out
 
 
 class _EvalClock(logging.Handler):
@@ -443,6 +489,13 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--budget_scale", type=float, default=1.0, help="x the training images seen.")
     p.add_argument("--quick", action="store_true", help="Tiny data and 2 steps: a smoke run.")
+    p.add_argument(
+        "--postprocess",
+        action="append",
+        default=[],
+        help="SIGMA:SCORE (e.g. 2:max): one more row per method, its maps smoothed by a "
+        "Gaussian of SIGMA px and scored by SCORE (method, max, mean, topk_mean); repeatable.",
+    )
     p.add_argument("--_cell", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -495,6 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(f"--image_size={args.image_size}: use a power of two >= 32 ({why})")
     out = pathlib.Path(args.out).expanduser().resolve()
     try:
+        posts = parse_postprocess(args.postprocess)
         datasets = _datasets(args, out)
     except (ValueError, OSError) as e:
         return _error(str(e))
@@ -508,7 +562,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         label = f"[{i}/{len(plan)}] {ds.name} / {method}"
         label += "" if method == BASELINES else f" / seed {seed}"
         done = workdir / RESULT
-        if not done.exists():
+        previous = json.loads(done.read_text()) if done.exists() else None
+        rows = [] if method == BASELINES else [method, *(row_name(method, p) for p in posts)]
+        if previous is None or any(r not in previous for r in rows):
             _log(f"{label}: running ({steps} steps of {BATCH}; log in {workdir}/log.txt)")
             workdir.mkdir(parents=True, exist_ok=True)
             spec = {
@@ -517,6 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "seed": seed,
                 "steps": steps,
                 "workdir": os.fspath(workdir),
+                "postprocess": posts,
+                "previous": previous,
             }
             (workdir / "cell.json").write_text(json.dumps(spec, indent=1) + "\n")
             t0 = time.perf_counter()
@@ -534,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             _log(f"{label}: done before, kept")
         for row, result in json.loads(done.read_text()).items():
-            if isinstance(result, dict):
+            if isinstance(result, dict) and (method == BASELINES or row in rows):
                 cells.setdefault(ds.name, {}).setdefault(row, []).append(result)
     table = summarise(cells)
     budget = {"batch": BATCH, "steps": steps, "images_seen": steps * BATCH}

@@ -71,6 +71,25 @@ def test_several_crops_need_crops(tmp_path):
         _iterator(_crop_cfg(root, crops_per_image=0), batch=2)
 
 
+def test_conflicting_settings_fail_before_any_read(tmp_path, monkeypatch):
+    """A wrong combination is reported before the source is opened or a cache is built."""
+    monkeypatch.setenv("JAXAD_DATA_DIR", str(tmp_path / "cache"))
+    root = make_folder(tmp_path / "ds", 3, mode="L")
+
+    def no_source(*args, **kwargs):
+        raise AssertionError("the source was opened")
+
+    monkeypatch.setattr(pipeline.sources, "get_source", no_source)
+    for cfg, message in [
+        (make_cfg(root, crops_per_image=2, decoded_cache=True), "data.crops_per_image=2"),
+        (_crop_cfg(root, decoded_cache=True), "data.decoded_cache keeps images resized"),
+        (make_cfg(root, boxes="b.json", hflip=True), "data.boxes with data.hflip"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            _iterator(cfg, batch=2)
+    assert not (tmp_path / "cache").exists()
+
+
 def test_patch_start_is_the_same_rule_on_host_and_device():
     rng = np.random.default_rng(0)
     u = rng.random(500, dtype=np.float32)

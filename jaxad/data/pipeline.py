@@ -272,16 +272,26 @@ def train_iterator(
     """
     process_index, process_count = _process(process_index, process_count)
     opts = _image_options(data_cfg)
-    src = sources.get_source(data_cfg, split)
     # (getattr: configs saved before these keys existed read as their defaults)
     crops = int(getattr(data_cfg, "crops_per_image", 1))
     patch = int(getattr(data_cfg, "lesion_pairs", 0))
     cache = bool(getattr(data_cfg, "decoded_cache", False))
+    # Settings that cannot work together fail before any file is read or cache written.
     if cache and int(data_cfg.crop_size):
         raise ValueError(
             "data.decoded_cache keeps images resized to data.image_size; data.crop_size crops "
             "them at full resolution: set data.decoded_cache=False (or data.crops_per_image)"
         )
+    if getattr(data_cfg, "boxes", "") and (data_cfg.hflip or data_cfg.vflip or data_cfg.crop_size):
+        raise ValueError(
+            "data.boxes with data.hflip, data.vflip or data.crop_size: the boxes would not follow "
+            "the image; flip on device after the patches are cut (lesion-based CL does)."
+        )
+    if crops < 1 or (crops > 1 and not int(data_cfg.crop_size)):
+        raise ValueError(
+            f"data.crops_per_image={crops}: use 1, or more than 1 together with data.crop_size"
+        )
+    src = sources.get_source(data_cfg, split)
     if cache:
         from jaxad.data import decoded_cache
 
@@ -295,15 +305,6 @@ def train_iterator(
         )
     # One seed per process, so that processes do not repeat each other's flips.
     local_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
-    if getattr(data_cfg, "boxes", "") and (data_cfg.hflip or data_cfg.vflip or data_cfg.crop_size):
-        raise ValueError(
-            "data.boxes with data.hflip, data.vflip or data.crop_size: the boxes would not follow "
-            "the image; flip on device after the patches are cut (lesion-based CL does)."
-        )
-    if crops < 1 or (crops > 1 and not int(data_cfg.crop_size)):
-        raise ValueError(
-            f"data.crops_per_image={crops}: use 1, or more than 1 together with data.crop_size"
-        )
     fn = _example_fn(data_cfg, opts, patch)
     ds = ds.seed(local_seed).shuffle().repeat()
     if crops == 1:

@@ -9,7 +9,9 @@ latest checkpoint: the state its final evaluation scored), scores every image un
 (an overlay) and `OUT/scores.csv` (path, score). Runs evaluated at full resolution (an
 `anomaly_map` evaluator with `full_resolution=True`: window-based methods such as PICARD)
 score each image at its own resolution instead, one at a time, with `method.dense_map`, and
-the image score is the map's maximum.
+the image score is the map's maximum. The run's evaluator post-processing
+(`evals.model.smooth_sigma`, `image_score`, `top_k`; `jaxad.evals.postprocess`) is applied as
+in evaluation.
 
 The images are verified first (`jaxad.data.folder.check_images`): undecodable ones stop the
 run, all named at once, or are left out with a warning when the run's `data.on_corrupt` is
@@ -129,9 +131,10 @@ def _predict_full_resolution(
     import jax
 
     from jaxad import viz, writers
-    from jaxad.evals import core
+    from jaxad.evals import core, postprocess
 
     key = jax.random.fold_in(jax.random.key(config.seed), 2)
+    post = _post_settings(config)
     window = int(getattr(method, "window", 0))  # Window-based methods cannot score less.
     rows, skipped = [], []
     progress = writers.CountProgress("scoring images", len(src))
@@ -152,9 +155,11 @@ def _predict_full_resolution(
             skipped.append(rec["id"])
             continue
         amap = np.asarray(method.dense_map(state, image, jax.random.fold_in(key, i)), np.float32)
+        fov = rec.get("fov", np.ones(amap.shape, np.float32))
+        amap, score = postprocess.apply(amap[None], [amap.max()], fov[None], **post)
+        amap, score = amap[0], float(score[0])
         stem = paths.join(output_dir, os.path.splitext(rec["id"])[0])
         _save_map(stem, amap)
-        score = float(amap.max())
         panel = viz.side_by_side(
             *core.downscale(image, amap)[:2], title=_title(rec["id"], score), colorbar=True
         )
@@ -175,12 +180,14 @@ def _predict_batched(
     """Maps at `data.image_size` resized back to each image's size (the shared evaluation path)."""
     from jaxad import viz, writers
     from jaxad.data import pipeline, sources
-    from jaxad.evals import core
+    from jaxad.evals import core, postprocess
 
     batches = pipeline.source_batches(src, config.data, local_batch_size=local_bs)
+    post = _post_settings(config)
     rows, small = [], []
     progress = writers.CountProgress("scoring images", len(src))
     for local, out in core.score_stream(method, state, mesh, batches, config.seed):
+        maps, scores = postprocess.apply(out["map"], out["image_score"], local["fov"], **post)
         for j in np.flatnonzero(local["valid"]):
             rel = str(local["id"][j])
             full = paths.join(src.root, rel)
@@ -188,11 +195,11 @@ def _predict_batched(
                 size = im.size
             if min(size) < config.data.image_size:
                 small.append(f"{rel} ({size[0]}x{size[1]})")
-            amap = _resize_map(out["map"][j], size)
+            amap = _resize_map(maps[j], size)
             stem = paths.join(output_dir, os.path.splitext(rel)[0])
             _save_map(stem, amap)
             image = sources.read_image(full, config.data.channels)
-            score = float(out["image_score"][j])
+            score = float(scores[j])
             panel = viz.side_by_side(image, amap, title=_title(rel, score), colorbar=True)
             viz.save_png(stem + ".png", panel)
             rows.append((rel, score))
@@ -207,6 +214,14 @@ def _predict_batched(
             ", ".join(small[:5]) + (", ..." if len(small) > 5 else ""),
         )
     return rows
+
+
+def _post_settings(config) -> dict:
+    """The keyword arguments of `postprocess.apply` that the run's evaluation used."""
+    from jaxad.evals import anomaly_map
+
+    sigma, kind, top_k = anomaly_map.settings(config)
+    return {"sigma": sigma, "kind": kind, "top_k": top_k}
 
 
 def _resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -249,6 +249,24 @@ def test_predict_writes_maps_overlays_and_scores(fundus_root, tmp_path):
     assert np.load(out / "sub" / "b.npy").shape == (50, 40)  # maps come back at image size
     assert (out / "a.png").is_file() and (out / "sub" / "b.png").is_file()
 
+    # The run's evaluator post-processing is prediction's too: smoothed maps, their maximum.
+    from jaxad.evals import postprocess
+
+    small = tmp_path / "small"  # at the model's 32 px, so that no resizing comes in between
+    small.mkdir()
+    Image.fromarray(rgb).resize((32, 32)).save(small / "c.png")
+    predict.predict(str(tmp_path), str(small), str(tmp_path / "raw"))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["evals"]["model"].update(smooth_sigma=2.0, image_score="max")
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    path = predict.predict(str(tmp_path), str(small), str(tmp_path / "smoothed"))
+    with open(path) as f:
+        score = float(next(csv.DictReader(f))["score"])
+    raw, smoothed = (np.load(tmp_path / d / "c.npy") for d in ("raw", "smoothed"))
+    np.testing.assert_allclose(smoothed, postprocess.smooth(raw, 2.0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(smoothed, raw)
+    assert score == pytest.approx(float(smoothed.max()), rel=1e-5)
+
 
 def test_corrupt_image_is_reported_by_path(fundus_root, tmp_path):
     import shutil

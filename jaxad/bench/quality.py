@@ -80,7 +80,7 @@ class Dataset:
     size: int  # image side every method trains and scores at
     channels: int
     data: dict[str, Any]  # config.data keys (source, field of view)
-    mean: tuple[float, ...] = ()  # normalisation of methods free to choose it ('' = 0.5)
+    mean: tuple[float, ...] = ()  # normalisation of methods free to choose it (empty: 0.5)
     std: tuple[float, ...] = ()
 
 

@@ -35,6 +35,14 @@ def check(ecfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict, me
         )
 
 
+def settings(config: ml_collections.ConfigDict) -> tuple[float, str, float]:
+    """The post-processing of the run's own maps (its unprefixed `anomaly_map` evaluator, else
+    its first one), so that prediction makes the maps that evaluation scored."""
+    maps = [e for e in config.evals.values() if e.type == "anomaly_map"]
+    own = [e for e in maps if not e.prefix] or maps
+    return _post(own[0]) if own else (0.0, "method", 0.01)
+
+
 def _post(ecfg) -> tuple[float, str, float]:
     """(smooth_sigma, image_score, top_k), with the defaults for configs saved before them."""
     return (

@@ -38,7 +38,7 @@ def check(ecfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict, me
 def settings(config: ml_collections.ConfigDict) -> tuple[float, str, float]:
     """The post-processing of the run's own maps (its unprefixed `anomaly_map` evaluator, else
     its first one), so that prediction makes the maps that evaluation scored."""
-    maps = [e for e in config.evals.values() if e.type == "anomaly_map"]
+    maps = [e for e in (config.get("evals") or {}).values() if e.type == "anomaly_map"]
     own = [e for e in maps if not e.prefix] or maps
     return _post(own[0]) if own else (0.0, "method", 0.01)
 

@@ -8,12 +8,10 @@ was meanwhile (`OtherLoad`): timings mean something only when that is about 0.
 
 from __future__ import annotations
 
-import datetime
 import importlib.util
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -38,6 +36,7 @@ children_cpu_sec = _timing.children_cpu_sec
 cpu_sec = _timing.cpu_sec
 peak_rss_bytes = _timing.peak_rss_bytes
 threads = _timing.threads
+env = _timing.env  # where and with what (imports jax; the compilation cache off)
 
 
 def spawn_child(script: str, child: str, flags: list[str]) -> dict:
@@ -170,25 +169,6 @@ def summary(runs: list[tuple[float, float]]) -> dict:
         "cpu_sec": statistics.median(c for _, c in runs),
         "sec_all": [t for t, _ in runs],
         "calls_timed": len(runs),
-    }
-
-
-def env() -> dict:
-    import flax
-    import jax
-    import jaxlib
-
-    return {
-        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "flax": flax.__version__,
-        "python": platform.python_version(),
-        "backend": jax.default_backend(),
-        "device_count": jax.device_count(),
-        "cpu_count": os.cpu_count(),
-        "threads": threads(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
 

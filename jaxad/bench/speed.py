@@ -44,6 +44,8 @@ import dataclasses
 import importlib
 import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -446,8 +448,6 @@ TORCH_PARTS = {
 
 def run_original(name: str, where: str, result: dict, args: argparse.Namespace) -> dict:
     """The original's training step (and scoring) at the case's batch, `--calls` each."""
-    import subprocess
-
     runner = BENCH_DIR / CASES[name].torch_runner
     batch, score_batch = result["batch"], result["score_batch"]
     cmd = [args.torch_python, str(runner), "--serve", f"--threads={timing.threads()}"]
@@ -489,8 +489,6 @@ def run_original(name: str, where: str, result: dict, args: argparse.Namespace) 
         if "part" in reply:
             times[reply["part"]].append(reply["sec"])
             cpus[reply["part"]].append(reply["cpu_sec"])
-    import statistics
-
     original: dict[str, Any] = {"runner": f"bench/{runner.name}", "info": lines[0]["info"]}
     for part, key, images in (("train", train_part, batch), ("score", score_part, score_batch)):
         if not key:

@@ -59,6 +59,17 @@ def test_cell_config_shares_the_budget_and_builds(method, dataset):
     methods.create(c)  # the adapted settings are ones the method accepts
 
 
+def test_user_datasets(tmp_path):
+    grey = quality.user_dataset("folder", str(_folder(tmp_path / "g")), 32, 0)
+    rgb = quality.user_dataset("folder", str(_folder(tmp_path / "c", rgb=True)), 32, 0)
+    assert (grey.name, grey.channels, rgb.channels) == ("g", 1, 3)
+    assert grey.data == {"name": "folder", "root": str((tmp_path / "g").resolve())}
+    built = quality.user_dataset("tfds", "eyeq/good", 64, 3)
+    assert (built.name, built.data) == ("eyeq_good", {"name": "eyeq", "tfds_name": "eyeq/good"})
+    c = quality.cell_config("morphaeus", built, seed=0, steps=4)
+    assert (c.data.name, c.data.tfds_name, c.data.channels) == ("eyeq", "eyeq/good", 1)
+
+
 def test_baseline_cell_runs_both_baselines():
     c = quality.cell_config(quality.BASELINES, quality.DEMOS["fundus"], seed=0, steps=1)
     assert sorted(e.type for e in c.evals.values()) == ["mean_image", "zscore"]

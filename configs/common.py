@@ -245,6 +245,17 @@ def zscore_eval(
     )
 
 
+def threshold_eval(
+    *, normal_quantile: float = 0.99, prefix: str = "threshold/", split: str = ""
+) -> ml_collections.ConfigDict:
+    """Decision thresholds for `jaxad.predict`, picked on `split` ('' = data.val_split) with the
+    run's own maps: F1-optimal where the split has anomalies, else the `normal_quantile` of
+    normal scores (`jaxad/evals/threshold.py`)."""
+    return ml_collections.ConfigDict(
+        dict(type="threshold", prefix=prefix, split=split, normal_quantile=normal_quantile)
+    )
+
+
 def panels_eval(
     *, num: int = 0, prefix: str = "panels/", split: str = ""
 ) -> ml_collections.ConfigDict:

@@ -322,6 +322,31 @@ class Float16Histogram:
         self.counts += other.counts
         return self
 
+    @staticmethod
+    def value(key: int) -> float:
+        """The float16 score of a key (the inverse of `keys`)."""
+        key = int(key)
+        bits = key & 0x7FFF if key & 0x8000 else ~key & 0xFFFF
+        return float(np.array(bits, np.uint16).view(np.float16))
+
+    def best_dice_threshold(self) -> float:
+        """The score t for which `score >= t` gives `best_dice` (NaN without both classes)."""
+        neg, pos = self.counts.astype(np.float64)
+        if neg.sum() == 0 or pos.sum() == 0:
+            return float("nan")
+        tp, fp = np.cumsum(pos[::-1]), np.cumsum(neg[::-1])
+        seen = (pos + neg)[::-1] > 0
+        dice = np.where(seen, 2 * tp / (tp + fp + pos.sum()), -1.0)
+        return self.value(self.SIZE - 1 - int(np.argmax(dice)))
+
+    def quantile(self, q: float, positives: bool = False) -> float:
+        """The lowest score with at least a fraction `q` of the class's pixels at or below it."""
+        counts = self.counts[int(positives)]
+        total = counts.sum()
+        if total == 0:
+            return float("nan")
+        return self.value(int(np.searchsorted(np.cumsum(counts), q * total)))
+
     def metrics(self, prefix: str = "pixel_") -> dict[str, float]:
         """`<prefix>auroc`, `<prefix>auprc` and `best_dice` (NaN when one class is absent)."""
         neg, pos = self.counts.astype(np.float64)

@@ -6,12 +6,15 @@ Loads the run with `jaxad.checkpoint.load_run` (its config and best validated st
 latest checkpoint: the state its final evaluation scored), scores every image under FOLDER
 (recursively) with the same preprocessing and `method.score` as evaluation, and writes
 `OUT/<relative path>.npy` (the map, resized to the image's own size), `OUT/<relative path>.png`
-(an overlay) and `OUT/scores.csv` (path, score). Runs evaluated at full resolution (an
-`anomaly_map` evaluator with `full_resolution=True`: window-based methods such as PICARD)
-score each image at its own resolution instead, one at a time, with `method.dense_map`, and
-the image score is the map's maximum. The run's evaluator post-processing
-(`evals.model.smooth_sigma`, `image_score`, `top_k`; `jaxad.evals.postprocess`) is applied as
-in evaluation.
+(an overlay) and `OUT/scores.csv` (path, score). A run with a `threshold` evaluator
+(`jaxad.evals.threshold`, thresholds picked on its validation split) also gets a decision per
+image (`anomalous`, score >= the image threshold), a `calibrated_score` in [0, 1] (0.5 at the
+threshold) and `OUT/<relative path>_anomalous.png`, the pixels at or above the pixel threshold.
+Runs evaluated at full resolution (an `anomaly_map` evaluator with `full_resolution=True`:
+window-based methods such as PICARD) score each image at its own resolution instead, one at a
+time, with `method.dense_map`, and the image score is the map's maximum. The run's evaluator
+post-processing (`evals.model.smooth_sigma`, `image_score`, `top_k`;
+`jaxad.evals.postprocess`) is applied as in evaluation.
 
 The images are verified first (`jaxad.data.folder.check_images`): undecodable ones stop the
 run, all named at once, or are left out with a warning when the run's `data.on_corrupt` is
@@ -57,20 +60,63 @@ def predict(workdir: str, input_dir: str, output_dir: str, batch_size: int = 0) 
     _check_hook(run, "dense_map" if full_resolution else "score")
     src = sources.ImageListSource(input_dir, channels=config.data.channels)
     _check_images(src, config)
+    limits = _thresholds(workdir, config)
     if full_resolution:
-        rows = _predict_full_resolution(config, run.method, run.state, src, output_dir)
+        rows = _predict_full_resolution(config, run.method, run.state, src, output_dir, limits)
     else:
         local_bs = parallel.local_batch_size(config.eval.batch_size, mesh, key="batch_size")
         rows = _predict_batched(
-            config, run.method, run.state, mesh, src, input_dir, output_dir, local_bs
+            config, run.method, run.state, mesh, src, input_dir, output_dir, local_bs, limits
         )
     path = paths.join(output_dir, "scores.csv")
     text = io.StringIO(newline="")
     w = csv.writer(text)
-    w.writerow(["path", "score"])
-    w.writerows((p, f"{s:.6g}") for p, s in rows)
+    if limits is None:
+        w.writerow(["path", "score"])
+        w.writerows((p, f"{s:.6g}") for p, s in rows)
+    else:
+        from jaxad.evals import threshold
+
+        t, low, high = (
+            limits[k] for k in ("image_threshold", "image_score_min", "image_score_max")
+        )
+        w.writerow(["path", "score", "anomalous", "calibrated_score"])
+        for p, s in rows:
+            calibrated = float(threshold.calibrate(s, t, low, high))
+            w.writerow([p, f"{s:.6g}", int(s >= t), f"{calibrated:.4f}"])
     paths.path(path).write_bytes(text.getvalue().encode())
     return path
+
+
+def _thresholds(workdir: str, config) -> dict | None:
+    """The thresholds the run's `threshold` evaluator saved in eval/metrics.json, or None."""
+    import json
+
+    from jaxad import writers
+    from jaxad.evals import threshold
+
+    path = paths.path(paths.join(workdir, "eval", "metrics.json"))
+    if not any(e.type == "threshold" for e in (config.get("evals") or {}).values()):
+        return None
+    found = threshold.saved(config, json.loads(path.read_text())) if path.exists() else None
+    if found is None:
+        writers.logger.warning(
+            "the run lists a 'threshold' evaluator but %s holds no thresholds: evaluate it "
+            "(--config.mode=eval) to get decisions; writing scores only",
+            path,
+        )
+    else:
+        writers.log_info("thresholds from %s: %s", path, found)
+    return found
+
+
+def _save_decision(stem: str, amap: np.ndarray, limits: dict | None) -> None:
+    """`<stem>_anomalous.png`: the pixels at or above the run's pixel threshold (white)."""
+    if limits is None or not np.isfinite(limits["pixel_threshold"]):
+        return
+    mask = (amap >= limits["pixel_threshold"]).astype(np.uint8) * 255
+    with paths.writable(stem + "_anomalous.png") as target:
+        Image.fromarray(mask).save(target, format="PNG")
 
 
 def _save_map(stem: str, amap: np.ndarray) -> None:
@@ -125,7 +171,7 @@ def _title(rel: str, score: float) -> str:
 
 
 def _predict_full_resolution(
-    config, method, state, src, output_dir: str
+    config, method, state, src, output_dir: str, limits: dict | None = None
 ) -> list[tuple[str, float]]:
     """Maps at each image's own size, one image at a time (window-based methods)."""
     import jax
@@ -160,6 +206,7 @@ def _predict_full_resolution(
         amap, score = amap[0], float(score[0])
         stem = paths.join(output_dir, os.path.splitext(rec["id"])[0])
         _save_map(stem, amap)
+        _save_decision(stem, amap, limits)
         panel = viz.side_by_side(
             *core.downscale(image, amap)[:2], title=_title(rec["id"], score), colorbar=True
         )
@@ -175,7 +222,15 @@ def _predict_full_resolution(
 
 
 def _predict_batched(
-    config, method, state, mesh, src, input_dir: str, output_dir: str, local_bs: int
+    config,
+    method,
+    state,
+    mesh,
+    src,
+    input_dir: str,
+    output_dir: str,
+    local_bs: int,
+    limits: dict | None = None,
 ) -> list[tuple[str, float]]:
     """Maps at `data.image_size` resized back to each image's size (the shared evaluation path)."""
     from jaxad import viz, writers
@@ -198,6 +253,7 @@ def _predict_batched(
             amap = _resize_map(maps[j], size)
             stem = paths.join(output_dir, os.path.splitext(rel)[0])
             _save_map(stem, amap)
+            _save_decision(stem, amap, limits)
             image = sources.read_image(full, config.data.channels)
             score = float(scores[j])
             panel = viz.side_by_side(image, amap, title=_title(rel, score), colorbar=True)

@@ -35,12 +35,18 @@ def check(ecfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict, me
         )
 
 
-def settings(config: ml_collections.ConfigDict) -> tuple[float, str, float]:
-    """The post-processing of the run's own maps (its unprefixed `anomaly_map` evaluator, else
-    its first one), so that prediction makes the maps that evaluation scored."""
+def own_evaluator(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+    """The run's own maps' evaluator: its unprefixed `anomaly_map` one, else its first."""
     maps = [e for e in (config.get("evals") or {}).values() if e.type == "anomaly_map"]
     own = [e for e in maps if not e.prefix] or maps
-    return _post(own[0]) if own else (0.0, "method", 0.01)
+    return own[0] if own else None
+
+
+def settings(config: ml_collections.ConfigDict) -> tuple[float, str, float]:
+    """The post-processing of the run's own maps, so that prediction makes the maps that
+    evaluation scored."""
+    own = own_evaluator(config)
+    return _post(own) if own is not None else (0.0, "method", 0.01)
 
 
 def _post(ecfg) -> tuple[float, str, float]:
@@ -53,11 +59,16 @@ def _post(ecfg) -> tuple[float, str, float]:
 
 
 def evaluate(ecfg, config, method, state, mesh) -> core.Result:
-    sigma, kind, top_k = _post(ecfg)
     split = core.eval_split(config, ecfg)
     acc = core.MapAccumulator(
         pixel_metrics=bool(config.eval.pixel_metrics), num_overlays=int(config.eval.num_overlays)
     )
+    return accumulate(ecfg, config, method, state, mesh, split, acc).finish(split)
+
+
+def accumulate(ecfg, config, method, state, mesh, split: str, acc: core.MapAccumulator):
+    """Adds the maps of `split`, made and post-processed as `ecfg` says, to `acc`."""
+    sigma, kind, top_k = _post(ecfg)
     if ecfg.full_resolution:
         key = jax.random.fold_in(jax.random.key(config.seed), 2)
 
@@ -84,4 +95,4 @@ def evaluate(ecfg, config, method, state, mesh) -> core.Result:
             )
 
         core.accumulate_batched(config, split, mesh, maps_of, acc)
-    return acc.finish(split)
+    return acc

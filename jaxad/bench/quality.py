@@ -309,8 +309,8 @@ def cell_config(method: str, ds: Dataset, seed: int, steps: int):
 # --- one cell, in its own process -----------------------------------------------------------
 
 
-def _metrics(path: pathlib.Path, prefix: str = "") -> dict[str, Any]:
-    saved = json.loads(path.read_text())
+def _metrics(saved: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The table's metrics of one evaluator (`prefix`) from a metrics.json's contents."""
     out = {k: saved.get(prefix + k) for k in METRICS}
     out["num_images"] = saved.get(prefix + "num_images", saved.get("num_images"))
     return out
@@ -331,8 +331,9 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         evals.run(config, os.fspath(workdir), None, None, parallel.make_mesh(), step=0)
         sec = time.perf_counter() - t0
         out = {}
+        written = json.loads((workdir / "eval" / "metrics.json").read_text())
         for prefix in ("mean_image", "zscore"):
-            m = _metrics(workdir / "eval" / "metrics.json", prefix + "/")
+            m = _metrics(written, prefix + "/")
             out[prefix] = {**m, "train_sec": None, "score_images_per_sec": None}
         out["eval_sec"] = sec
         return out
@@ -347,7 +348,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         config.mode, config.eval.enabled = "eval", True
         with _EvalClock() as clock:
             train.run(config, os.fspath(workdir))
-        m = _metrics(workdir / "eval" / "metrics.json")
+        m = _metrics(json.loads((workdir / "eval" / "metrics.json").read_text()))
         score_sec = clock.scoring_sec()
         per_sec = (m["num_images"] or 0) / score_sec if score_sec else None
         out[method] = {**m, "train_sec": train_sec, "score_images_per_sec": per_sec}
@@ -361,8 +362,9 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
             e.prefix, e.smooth_sigma, e.image_score = f"post{i}/", float(sigma), kind
             config.evals[f"post{i}"] = e
         train.run(config, os.fspath(workdir))
+        written = json.loads((workdir / "eval" / "metrics.json").read_text())
         for i, p in enumerate(todo):
-            m = _metrics(workdir / "eval" / "metrics.json", f"post{i}/")
+            m = _metrics(written, f"post{i}/")
             train_sec = out[method]["train_sec"]
             out[row_name(method, p)] = {**m, "train_sec": train_sec, "score_images_per_sec": None}
     return out

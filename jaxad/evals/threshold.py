@@ -64,8 +64,8 @@ def evaluate(ecfg, config, method, state, mesh) -> core.Result:
     acc = core.MapAccumulator(pixel_metrics=True)
     own = anomaly_map.own_evaluator(config)
     anomaly_map.accumulate(own, config, method, state, mesh, split, acc)
-    acc.hist.counts = core.sum_over_processes(acc.hist.counts)
-    rows = [r for r in core.gather_rows(acc.rows) if np.isfinite(r["score"])]
+    # `finish` gathers every process's rows and pixel counts (into acc.hist).
+    rows = [r for r in acc.finish(split).rows if np.isfinite(r["score"])]
     scores = np.array([r["score"] for r in rows], np.float64)
     labels = np.array([r["label"] for r in rows], np.int64)
     q = float(ecfg.normal_quantile)

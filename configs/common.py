@@ -192,6 +192,7 @@ def anomaly_map_eval(
     split: str = "",
     output: str = "map",
     smooth_sigma: float = 0.0,
+    normalize: str = "none",
     image_score: str = "method",
     top_k: float = 0.01,
 ) -> ml_collections.ConfigDict:
@@ -199,7 +200,9 @@ def anomaly_map_eval(
 
     `output` names the map among `score`'s outputs (a method may return several, e.g. a
     variant's: `<output>` with its image scores `<output>_score`). Post-processing
-    (`jaxad.evals.postprocess`): a Gaussian of `smooth_sigma` px on each map (0: off), and the
+    (`jaxad.evals.postprocess`): a Gaussian of `smooth_sigma` px on each map (0: off), then
+    `normalize='normal'` divides each pixel's deviation from the normal validation maps' mean
+    by their spread there (needs normal images in `data.val_split`; 'none': off), then the
     image score: 'method' (the method's own), 'max', 'mean' or 'topk_mean' (the mean of the
     highest `top_k` fraction of pixels), over the field of view.
     """
@@ -211,6 +214,7 @@ def anomaly_map_eval(
             full_resolution=full_resolution,
             output=output,
             smooth_sigma=smooth_sigma,
+            normalize=normalize,
             image_score=image_score,
             top_k=top_k,
         )

@@ -13,8 +13,9 @@ threshold) and `OUT/<relative path>_anomalous.png`, the pixels at or above the p
 Runs evaluated at full resolution (an `anomaly_map` evaluator with `full_resolution=True`:
 window-based methods such as PICARD) score each image at its own resolution instead, one at a
 time, with `method.dense_map`, and the image score is the map's maximum. The run's evaluator
-post-processing (`evals.model.smooth_sigma`, `image_score`, `top_k`;
-`jaxad.evals.postprocess`) is applied as in evaluation.
+post-processing (`evals.model.smooth_sigma`, `normalize`, `image_score`, `top_k`;
+`jaxad.evals.postprocess`) is applied as in evaluation, with the normal statistics the
+evaluation saved (`eval/normal_maps.npz`).
 
 The images are verified first (`jaxad.data.folder.check_images`): undecodable ones stop the
 run, all named at once, or are left out with a warning when the run's `data.on_corrupt` is
@@ -61,12 +62,15 @@ def predict(workdir: str, input_dir: str, output_dir: str, batch_size: int = 0) 
     src = sources.ImageListSource(input_dir, channels=config.data.channels)
     _check_images(src, config)
     limits = _thresholds(workdir, config)
+    post = _post_settings(workdir, config)
     if full_resolution:
-        rows = _predict_full_resolution(config, run.method, run.state, src, output_dir, limits)
+        rows = _predict_full_resolution(
+            config, run.method, run.state, src, output_dir, post, limits
+        )
     else:
         local_bs = parallel.local_batch_size(config.eval.batch_size, mesh, key="batch_size")
         rows = _predict_batched(
-            config, run.method, run.state, mesh, src, input_dir, output_dir, local_bs, limits
+            config, run.method, run.state, mesh, src, input_dir, output_dir, local_bs, post, limits
         )
     path = paths.join(output_dir, "scores.csv")
     text = io.StringIO(newline="")
@@ -171,7 +175,7 @@ def _title(rel: str, score: float) -> str:
 
 
 def _predict_full_resolution(
-    config, method, state, src, output_dir: str, limits: dict | None = None
+    config, method, state, src, output_dir: str, post: dict, limits: dict | None = None
 ) -> list[tuple[str, float]]:
     """Maps at each image's own size, one image at a time (window-based methods)."""
     import jax
@@ -180,7 +184,6 @@ def _predict_full_resolution(
     from jaxad.evals import core, postprocess
 
     key = jax.random.fold_in(jax.random.key(config.seed), 2)
-    post = _post_settings(config)
     window = int(getattr(method, "window", 0))  # Window-based methods cannot score less.
     rows, skipped = [], []
     progress = writers.CountProgress("scoring images", len(src))
@@ -230,6 +233,7 @@ def _predict_batched(
     input_dir: str,
     output_dir: str,
     local_bs: int,
+    post: dict,
     limits: dict | None = None,
 ) -> list[tuple[str, float]]:
     """Maps at `data.image_size` resized back to each image's size (the shared evaluation path)."""
@@ -238,7 +242,6 @@ def _predict_batched(
     from jaxad.evals import core, postprocess
 
     batches = pipeline.source_batches(src, config.data, local_batch_size=local_bs)
-    post = _post_settings(config)
     rows, small = [], []
     progress = writers.CountProgress("scoring images", len(src))
     for local, out in core.score_stream(method, state, mesh, batches, config.seed):
@@ -272,12 +275,24 @@ def _predict_batched(
     return rows
 
 
-def _post_settings(config) -> dict:
-    """The keyword arguments of `postprocess.apply` that the run's evaluation used."""
+def _post_settings(workdir: str, config) -> dict:
+    """The keyword arguments of `postprocess.apply` that the run's evaluation used, with the
+    normal statistics it saved when its maps are normalised."""
     from jaxad.evals import anomaly_map
 
-    sigma, kind, top_k = anomaly_map.settings(config)
-    return {"sigma": sigma, "kind": kind, "top_k": top_k}
+    post = anomaly_map.settings(config)
+    own = anomaly_map.own_evaluator(config)
+    if own is None or anomaly_map.normalize(own) == "none":
+        return post
+    path = paths.join(workdir, "eval", anomaly_map.stats_file(own))
+    if not paths.path(path).exists():
+        raise ValueError(
+            f"{path} is missing: the run normalises its maps by normal validation maps; "
+            "evaluate it first (--config.mode=eval)"
+        )
+    with paths.path(path).open("rb") as f, np.load(f, allow_pickle=False) as z:
+        post["normal"] = {k: np.asarray(z[k], np.float32) for k in ("mean", "scale")}
+    return post
 
 
 def _resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -168,14 +168,18 @@ def test_a_new_postprocess_row_reevaluates_only_that(tmp_path, monkeypatch):
 
 
 def test_postprocess_flag():
-    assert quality.parse_postprocess(["2:max", "0.5:topk_mean", "1"]) == [
+    assert quality.parse_postprocess(["2:max", "0.5:topk_mean", "1", "1:max:normal"]) == [
         (2.0, "max"),
         (0.5, "topk_mean"),
         (1.0, "method"),
+        (1.0, "max", "normal"),
     ]
     assert quality.row_name("picard", (2.0, "max")) == "picard (σ 2, max)"
+    assert quality.row_name("picard", [1.0, "max", "normal"]) == "picard (σ 1, max, normal)"
     with pytest.raises(ValueError, match="--postprocess=x:max"):
         quality.parse_postprocess(["x:max"])
+    with pytest.raises(ValueError, match="--postprocess=1:max:zscore: the third part"):
+        quality.parse_postprocess(["1:max:zscore"])
 
 
 @pytest.mark.parametrize(
@@ -200,13 +204,13 @@ def test_quality_end_to_end_on_a_folder(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "jaxad.bench", "quality", f"--out={out}", "--datasets="]
     cmd += [f"--folder={folder}", "--methods=lesion2void,morphaeus", "--seeds=2", "--quick"]
-    cmd += ["--postprocess=1:max"]
+    cmd += ["--postprocess=1:max:normal"]  # normalised by the validation normals
     first = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert first.returncode == 0, first.stderr[-3000:]
     report = json.loads((out / "quality.json").read_text())
     assert report["budget"]["images_seen"] == 2 * quality.BATCH
     table = report["table"]["discs"]
-    posts = {"lesion2void (σ 1, max)", "morphaeus (σ 1, max)"}
+    posts = {"lesion2void (σ 1, max, normal)", "morphaeus (σ 1, max, normal)"}
     assert set(table) == {"mean_image", "zscore", "lesion2void", "morphaeus", *posts}
     for row in posts:
         assert table[row]["image_auroc"]["n"] == 2 and table[row]["pixel_auroc"]["n"] == 2

@@ -94,3 +94,112 @@ def test_the_evaluator_uses_the_settings(monkeypatch):
     np.testing.assert_allclose(seen["maps"], postprocess.smooth(raw, 1.0))
     np.testing.assert_allclose(seen["scores"], seen["maps"].max(axis=(1, 2)))
     assert seen["scores"][0] < 0.2  # the smoothed peak, not the method's 5.0
+
+
+def test_normal_stats_from_normal_maps_only():
+    rng = np.random.default_rng(0)
+    normal = rng.normal(2.0, 1.0, (50, 6, 6))
+    normal[:, 0, 0] *= 10.0  # a place where normal maps vary a lot (an optic disc)
+    normal[:, 5, 5] = 2.0  # one where they never vary
+    stats = postprocess.NormalStats()
+    for m in normal:
+        stats.add(label=0, amap=m)
+    stats.add(label=1, amap=np.full((6, 6), 1e6))  # anomalous images do not count
+    assert not stats.wants_overlay(0)
+    out = stats.arrays()
+    np.testing.assert_allclose(out["mean"], normal.mean(axis=0), rtol=1e-5)
+    std = normal.std(axis=0)
+    floor = np.median(std)
+    np.testing.assert_allclose(out["scale"], np.maximum(std, floor), rtol=1e-5)
+    assert out["scale"][5, 5] == pytest.approx(floor, rel=1e-5)  # floored, not 0
+    z = postprocess.normalize(normal, out)
+    assert abs(z[:, 0, 0].std() - 1.0) < 1e-3  # the varying place damped to unit spread
+    with pytest.raises(ValueError, match="no normal image"):
+        postprocess.NormalStats().arrays()
+    with pytest.raises(ValueError, match=r"maps of \(4, 4\) px but normal statistics of \(6, 6\)"):
+        postprocess.normalize(np.zeros((1, 4, 4)), out)
+
+
+def test_normalize_settings_are_checked():
+    config = common.get_config()
+    config.evals.model = common.anomaly_map_eval(normalize="zscore")
+    with pytest.raises(ValueError, match="^config.evals.model.normalize='zscore': use one of"):
+        anomaly_map.check(config.evals.model, config, method=None)
+    config.evals.model = common.anomaly_map_eval(normalize="normal", full_resolution=True)
+    with pytest.raises(ValueError, match="normalize='normal' needs full_resolution=False"):
+        anomaly_map.check(config.evals.model, config, method=None)
+
+
+def _fake_split_maps(monkeypatch, maps_by_split):
+    """The evaluator's scoring replaced: each split's maps (labels from the dict) in one batch."""
+    seen = {}
+
+    def fake_scorer(method, state, mesh, seed):
+        return lambda local: {"map": local["raw"], "image_score": local["raw"].max(axis=(1, 2))}
+
+    def fake_accumulate(config, split, mesh, maps_of, acc):
+        raw, labels = maps_by_split[split]
+        local = {"raw": raw, "fov": np.ones_like(raw)}
+        maps, scores = maps_of(local)
+        for m, s, y in zip(maps, scores, labels, strict=True):
+            acc.add(
+                id="x", label=y, grade=0, has_mask=False, score=s, amap=m, mask=0 * m, fov=1 + 0 * m
+            )
+        seen[split] = maps
+        return acc
+
+    monkeypatch.setattr(anomaly_map.core, "batch_scorer", fake_scorer)
+    monkeypatch.setattr(anomaly_map.core, "accumulate_batched", fake_accumulate)
+    return seen
+
+
+def test_the_evaluator_normalises_by_the_validation_normals(monkeypatch):
+    config = common.get_config()
+    config.data.image_size = 8
+    config.eval.pixel_metrics = False
+    ecfg = common.anomaly_map_eval(normalize="normal", image_score="max", prefix="p/")
+    rng = np.random.default_rng(1)
+    val = rng.normal(1.0, 0.5, (20, 8, 8)).astype(np.float32)
+    val[:, :, :4] *= 5.0  # the left half varies more between normal images
+    test = rng.normal(1.0, 0.5, (3, 8, 8)).astype(np.float32)
+    seen = _fake_split_maps(monkeypatch, {"validation": (val, [0] * 20), "test": (test, [0, 1, 1])})
+    result = anomaly_map.evaluate(ecfg, config, None, None, None)
+    stats = postprocess.NormalStats()
+    for m in val:
+        stats.add(label=0, amap=m)
+    expected = stats.arrays()
+    np.testing.assert_allclose(seen["test"], postprocess.normalize(test, expected), rtol=1e-5)
+    assert [r["score"] for r in result.rows] == pytest.approx(seen["test"].max(axis=(1, 2)))
+    saved = result.files[anomaly_map.stats_file(ecfg)]
+    assert anomaly_map.stats_file(ecfg) == "pnormal_maps.npz"
+    np.testing.assert_allclose(saved["scale"], expected["scale"])
+    # No normal validation image: one line that says what to do.
+    _fake_split_maps(monkeypatch, {"validation": (val[:2], [1, 1]), "test": (test, [0, 1, 1])})
+    with pytest.raises(ValueError, match="needs normal images in split 'validation'"):
+        anomaly_map.evaluate(ecfg, config, None, None, None)
+
+
+def test_reports_write_the_result_files(tmp_path):
+    from jaxad.evals import core
+
+    arrays = {"mean": np.ones((4, 4), np.float32), "scale": np.full((4, 4), 2.0, np.float32)}
+    result = core.Result({"split": "test"}, [], files={"normal_maps.npz": arrays})
+    core.write_reports(str(tmp_path), {"step": 1}, [("", result)])
+    with np.load(tmp_path / "normal_maps.npz", allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["scale"], arrays["scale"])
+
+
+def test_predict_reads_the_saved_statistics(tmp_path):
+    from jaxad import predict
+
+    config = common.get_config()
+    config.evals.model = common.anomaly_map_eval(normalize="normal", smooth_sigma=1.0)
+    with pytest.raises(ValueError, match="normal_maps.npz is missing: .* evaluate it first"):
+        predict._post_settings(str(tmp_path), config)
+    (tmp_path / "eval").mkdir()
+    np.savez(tmp_path / "eval" / "normal_maps.npz", mean=np.zeros((3, 3)), scale=np.ones((3, 3)))
+    post = predict._post_settings(str(tmp_path), config)
+    assert post["sigma"] == 1.0 and post["kind"] == "method"
+    np.testing.assert_array_equal(post["normal"]["scale"], np.ones((3, 3)))
+    config.evals.model.normalize = "none"
+    assert "normal" not in predict._post_settings(str(tmp_path), config)

@@ -79,6 +79,8 @@ def test_predict_writes_decisions_from_the_saved_thresholds(fundus_root, tmp_pat
     from jaxad import predict, train
 
     config = tiny_config(fundus_root, total_steps=2)
+    # Maps normalised by the normal validation maps: the thresholds and predict use them too.
+    config.evals.model = common.anomaly_map_eval(normalize="normal", image_score="max")
     config.evals.threshold = common.threshold_eval(normal_quantile=0.9)
     results = train.run(config, str(tmp_path))
     # The validation split (held-out normal training images) has no anomalies: quantile rules.
@@ -104,3 +106,25 @@ def test_predict_writes_decisions_from_the_saved_thresholds(fundus_root, tmp_pat
         mask = np.asarray(Image.open(out / f"{stem}_anomalous.png"))
         amap = np.load(out / f"{stem}.npy")
         np.testing.assert_array_equal(mask > 0, amap >= results["threshold/pixel_threshold"])
+
+    # predict normalised its maps by the statistics the evaluation saved: the same model's
+    # raw maps (normalize off in the saved config) give them back.
+    import json
+
+    from jaxad.evals import postprocess
+
+    with np.load(tmp_path / "eval" / "normal_maps.npz", allow_pickle=False) as z:
+        stats = {k: z[k] for k in ("mean", "scale")}
+    small = tmp_path / "small"  # at the model's size, so that no resizing comes in between
+    small.mkdir()
+    size = config.data.image_size
+    Image.open(inputs / "good.png").resize((size, size)).save(small / "c.png")
+    predict.predict(str(tmp_path), str(small), str(tmp_path / "normalised"))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["evals"]["model"]["normalize"] = "none"
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    predict.predict(str(tmp_path), str(small), str(tmp_path / "raw"))
+    raw, normalised = (np.load(tmp_path / d / "c.npy") for d in ("raw", "normalised"))
+    expected = postprocess.normalize(raw, stats)
+    np.testing.assert_allclose(normalised, expected, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(normalised, raw)

@@ -25,8 +25,9 @@ where the test split has masks; training seconds (start-up and compilation inclu
 images/s (the test split's images over the evaluation's wall time, its compilation excluded).
 Results are the mean and the sample standard deviation over seeds.
 
-`--postprocess=SIGMA:SCORE` adds a row per method and option: the same trained state's maps
-smoothed by a Gaussian of SIGMA px and image scores taken as SCORE ('method', 'max', 'mean',
+`--postprocess=SIGMA:SCORE[:normal]` adds a row per method and option: the same trained state's
+maps smoothed by a Gaussian of SIGMA px, with ':normal' normalised per pixel by the maps of the
+normal validation images, and image scores taken as SCORE ('method', 'max', 'mean',
 'topk_mean'; `jaxad.evals.postprocess`), evaluated after the plain row.
 
 DIR/runs/<dataset>/<method>/seed<k> is each cell's workdir (each trains in its own process) and
@@ -357,9 +358,10 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         # The same trained state, its maps post-processed (jaxad.evals.postprocess).
         config.mode, config.eval.enabled = "eval", True
         config.evals = ml_collections.ConfigDict()
-        for i, (sigma, kind) in enumerate(todo):
+        for i, (sigma, kind, *normalize) in enumerate(todo):
             e = model_eval.copy_and_resolve_references()
             e.prefix, e.smooth_sigma, e.image_score = f"post{i}/", float(sigma), kind
+            e.normalize = normalize[0] if normalize else "none"
             config.evals[f"post{i}"] = e
         train.run(config, os.fspath(workdir))
         written = json.loads((workdir / "eval" / "metrics.json").read_text())
@@ -371,22 +373,28 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def row_name(method: str, post: Sequence) -> str:
-    """The table row of `method`'s maps post-processed as `post` = (sigma, image score)."""
-    sigma, kind = post
-    return f"{method} (σ {float(sigma):g}, {kind})"
+    """The table row of `method`'s maps post-processed as `post` = (sigma, image score[,
+    normalize])."""
+    sigma, kind, *normalize = post
+    extra = "".join(f", {n}" for n in normalize if n != "none")
+    return f"{method} (σ {float(sigma):g}, {kind}{extra})"
 
 
-def parse_postprocess(values: Sequence[str]) -> list[tuple[float, str]]:
-    """`--postprocess` values 'SIGMA:SCORE' (e.g. '2:max') as (sigma, image score) pairs."""
+def parse_postprocess(values: Sequence[str]) -> list[tuple]:
+    """`--postprocess` values 'SIGMA:SCORE[:normal]' (e.g. '2:max', '1:topk_mean:normal') as
+    (sigma, image score) pairs, or (sigma, image score, 'normal') triples."""
     from jaxad.evals import postprocess
 
     out = []
     for value in values:
-        sigma, _, kind = value.partition(":")
+        sigma, *parts = value.split(":")
+        kind, rest = (parts[0] or "method", parts[1:]) if parts else ("method", [])
         try:
-            post = (float(sigma), kind or "method")
+            post = (float(sigma), kind, *rest)
         except ValueError:
             raise ValueError(f"--postprocess={value}: use SIGMA:SCORE, e.g. 2:max") from None
+        if len(rest) > 1 or rest and rest[0] != "normal":
+            raise ValueError(f"--postprocess={value}: the third part can only be 'normal'")
         postprocess.check(post[0], post[1], 0.01, where="--postprocess")
         out.append(post)
     return out
@@ -495,8 +503,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         "--postprocess",
         action="append",
         default=[],
-        help="SIGMA:SCORE (e.g. 2:max): one more row per method, its maps smoothed by a "
-        "Gaussian of SIGMA px and scored by SCORE (method, max, mean, topk_mean); repeatable.",
+        help="SIGMA:SCORE[:normal] (e.g. 2:max): one more row per method, its maps smoothed by "
+        "a Gaussian of SIGMA px, with ':normal' normalised by normal validation maps, and "
+        "scored by SCORE (method, max, mean, topk_mean); repeatable.",
     )
     p.add_argument("--_cell", help=argparse.SUPPRESS)
     return p.parse_args(argv)

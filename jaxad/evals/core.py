@@ -175,6 +175,9 @@ class Result:
     metrics: dict[str, Any]
     rows: list[dict[str, Any]]
     overlays: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # Arrays a later step needs (e.g. `jaxad.predict`): file name -> {key: array}, written to
+    # the evaluation folder as .npz (read back with allow_pickle=False).
+    files: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
 
 
 class MapAccumulator:
@@ -397,7 +400,8 @@ ROW_KEYS = ("id", "label", "grade", "has_mask")
 
 
 def write_reports(out_dir: str, results: dict, tables: list[tuple[str, Result]]) -> None:
-    """Writes `metrics.json`, `scores.csv` and `overlays/` (process 0 only).
+    """Writes `metrics.json`, `scores.csv`, `overlays/` and each result's `files` (process 0
+    only).
 
     `scores.csv` has one row per image of the first evaluator's order (images only another
     evaluator scored follow), columns `id, label, grade, has_mask` and then each evaluator's
@@ -427,6 +431,10 @@ def write_reports(out_dir: str, results: dict, tables: list[tuple[str, Result]])
         for row in merged.values():
             w.writerow([_cell(row.get(c, "")) for c in columns])
         paths.path(paths.join(out_dir, "scores.csv")).write_bytes(text.getvalue().encode())
+    for _, result in tables:
+        for name, arrays in result.files.items():
+            with paths.path(paths.join(out_dir, name)).open("wb") as f:
+                np.savez(f, **arrays)
     for prefix, result in tables:
         if not result.overlays:
             continue

@@ -8,9 +8,16 @@ defaults leave the method's own map and score untouched.
 
 - `smooth(maps, sigma)`: a Gaussian filter of `sigma` pixels on each map, as anomalib smooths
   every model's map (sigma 4 at 256 px there; the kernel reaches 4 sigma on each side).
+- `NormalStats` and `normalize(maps, stats)`: each pixel's map value minus its mean over the
+  maps of normal validation images, over their spread there (`normalize='normal'`). A place
+  where normal images vary (the optic disc, whose position changes; a bright vessel) is damped;
+  the spread is floored at its median over the image, so that a place where normal maps barely
+  vary is not made more sensitive than a typical one.
 - `image_scores(maps, fov, kind, top_k)`: 'max' (the map's maximum), 'mean', or 'topk_mean'
   (the mean of the highest `top_k` fraction of pixels: a maximum that one hot pixel cannot
   set), each over the field of view.
+
+Order: smoothing, then normalisation, then the image score.
 """
 
 from __future__ import annotations
@@ -21,10 +28,14 @@ from scipy import ndimage
 # 'method': the score the method gives (its `score`'s image score, or the maximum inside the
 # field of view at full resolution).
 IMAGE_SCORES = ("method", "max", "mean", "topk_mean")
+# 'none': the map as made; 'normal': by the statistics of normal validation maps.
+NORMALIZE = ("none", "normal")
 
 
-def check(sigma: float, kind: str, top_k: float, where: str) -> None:
+def check(sigma: float, kind: str, top_k: float, where: str, normalize: str = "none") -> None:
     """Raises a one-line error naming `where` (a config key prefix) for a bad setting."""
+    if normalize not in NORMALIZE:
+        raise ValueError(f"{where}.normalize={normalize!r}: use one of {', '.join(NORMALIZE)}")
     if not sigma >= 0:
         raise ValueError(f"{where}.smooth_sigma={sigma}: use 0 (off) or a positive number")
     if kind not in IMAGE_SCORES:
@@ -40,6 +51,57 @@ def smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
         return maps
     spatial = (0,) * (maps.ndim - 2) + (sigma, sigma)
     return ndimage.gaussian_filter(maps, spatial, mode="nearest", truncate=4.0)
+
+
+class NormalStats:
+    """Per-pixel sum and sum of squares of the maps of normal images (label 0).
+
+    Duck-types the accumulator of `jaxad.evals.core.accumulate_batched` (`add`,
+    `wants_overlay`), so the statistics stream over a split like any evaluation.
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.total: np.ndarray | None = None
+        self.squares: np.ndarray | None = None
+
+    def add(self, *, label: int, amap: np.ndarray, **_) -> None:
+        if label != 0:
+            return
+        amap = np.asarray(amap, np.float64)
+        if self.total is None:
+            self.total, self.squares = np.zeros_like(amap), np.zeros_like(amap)
+        self.count += 1
+        self.total += amap
+        self.squares += amap * amap
+
+    def wants_overlay(self, label: int) -> bool:
+        return False
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """{'mean', 'scale'} [H, W] float32: the normal maps' mean and floored spread."""
+        if not self.count:
+            raise ValueError("no normal image was scored")
+        mean = self.total / self.count
+        std = np.sqrt(np.maximum(self.squares / self.count - mean * mean, 0.0))
+        floor = max(float(np.median(std)), 1e-6)
+        return {
+            "mean": mean.astype(np.float32),
+            "scale": np.maximum(std, floor).astype(np.float32),
+        }
+
+
+def normalize(maps: np.ndarray, stats: dict[str, np.ndarray] | None) -> np.ndarray:
+    """Maps [..., H, W] as (map - mean) / scale of `NormalStats.arrays` (None: unchanged)."""
+    maps = np.asarray(maps, np.float32)
+    if stats is None:
+        return maps
+    if maps.shape[-2:] != stats["mean"].shape:
+        raise ValueError(
+            f"maps of {maps.shape[-2:]} px but normal statistics of {stats['mean'].shape} px: "
+            "evaluate the run again to remake them"
+        )
+    return (maps - stats["mean"]) / stats["scale"]
 
 
 def image_scores(maps: np.ndarray, fov: np.ndarray, kind: str, top_k: float = 0.01) -> np.ndarray:
@@ -70,10 +132,12 @@ def apply(
     sigma: float = 0.0,
     kind: str = "method",
     top_k: float = 0.01,
+    normal: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(maps, image scores) after smoothing and the chosen image score; with the defaults the
-    method's own (maps, scores)."""
-    maps = smooth(maps, sigma)
+    """(maps, image scores) after smoothing, normalisation by `normal` (`NormalStats.arrays`)
+    and the chosen image score; with the defaults the method's own (maps, scores). The image
+    score 'method' stays the method's own even when the maps are normalised."""
+    maps = normalize(smooth(maps, sigma), normal)
     if kind == "method":
         return maps, np.asarray(scores, np.float32)
     return maps, image_scores(maps, fov, kind, top_k)

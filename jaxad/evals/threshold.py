@@ -63,7 +63,8 @@ def evaluate(ecfg, config, method, state, mesh) -> core.Result:
     split = ecfg.split or config.data.val_split
     acc = core.MapAccumulator(pixel_metrics=True)
     own = anomaly_map.own_evaluator(config)
-    anomaly_map.accumulate(own, config, method, state, mesh, split, acc)
+    normal = anomaly_map.normal_stats(own, config, method, state, mesh)
+    anomaly_map.accumulate(own, config, method, state, mesh, split, acc, normal=normal)
     # `finish` gathers every process's rows and pixel counts (into acc.hist).
     rows = [r for r in acc.finish(split).rows if np.isfinite(r["score"])]
     scores = np.array([r["score"] for r in rows], np.float64)

@@ -27,6 +27,7 @@ from sklearn.metrics import (
 __all__ = [
     "Float16Histogram",
     "MeanImage",
+    "best_f1",
     "distance_to_mean",
     "grade_aurocs",
     "image_metrics",
@@ -42,10 +43,17 @@ def max_f1(labels: np.ndarray, scores: np.ndarray) -> float:
     Every distinct score is a threshold of `precision_recall_curve`, so no binarisation is missed.
     Points with precision + recall == 0 count as F1 = 0.
     """
-    precision, recall, _ = precision_recall_curve(labels, scores)
+    return best_f1(labels, scores)[0]
+
+
+def best_f1(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(maximum F1, the threshold t of `score >= t` that reaches it), off the PR curve."""
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
     denom = precision + recall
     f1 = np.divide(2.0 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
-    return float(f1.max())
+    # The curve's last point (recall 0, precision 1) has no threshold.
+    best = int(np.argmax(f1[:-1]))
+    return float(f1.max()), float(thresholds[best])
 
 
 def _binary_scores(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:

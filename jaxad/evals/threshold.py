@@ -23,6 +23,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
+from jaxad import metrics
 from jaxad.evals import anomaly_map, core
 
 
@@ -42,13 +43,9 @@ def check(ecfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict, me
 
 def image_threshold(scores: np.ndarray, labels: np.ndarray, q: float) -> tuple[float, str]:
     """(threshold, rule): F1-optimal `score >= t` with both classes, else the normal quantile."""
-    from sklearn.metrics import precision_recall_curve
-
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
     if (labels == 1).any() and (labels == 0).any():
-        precision, recall, thresholds = precision_recall_curve(labels, scores)
-        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-        return float(thresholds[int(np.argmax(f1[:-1]))]), "f1"
+        return metrics.best_f1(labels, scores)[1], "f1"
     normal = scores[labels == 0] if (labels == 0).any() else scores
     return float(np.quantile(normal, q, method="inverted_cdf")), f"normal_quantile {q:g}"
 

@@ -15,7 +15,6 @@ import pathlib
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 
@@ -37,6 +36,10 @@ cpu_sec = _timing.cpu_sec
 peak_rss_bytes = _timing.peak_rss_bytes
 threads = _timing.threads
 env = _timing.env  # where and with what (imports jax; the compilation cache off)
+setup_jax = _timing.setup_jax  # jax with the persistent compilation cache off
+compile_ahead = _timing.compile_ahead
+flops = _timing.flops
+memory = _timing.memory
 
 
 def spawn_child(script: str, child: str, flags: list[str]) -> dict:
@@ -45,29 +48,7 @@ def spawn_child(script: str, child: str, flags: list[str]) -> dict:
     The child writes its result as JSON to FILE. A failed child gives {"error": why}; either way
     the result has `wall_sec`, the child's wall time.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        result_path = os.path.join(tmp, "result.json")
-        cmd = [
-            sys.executable,
-            os.path.abspath(script),
-            f"--_child={child}",
-            f"--_result={result_path}",
-            *flags,
-        ]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, check=False)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0 or not os.path.exists(result_path):
-            why = f"exit code {proc.returncode}"
-            if proc.returncode == -9:
-                why = "SIGKILL, most likely the out-of-memory killer"
-            elif proc.returncode < 0:
-                why = f"signal {-proc.returncode}"
-            return {"error": f"{child} failed: {why}", "wall_sec": wall}
-        with open(result_path, encoding="utf-8") as f:
-            result = json.load(f)
-    result["wall_sec"] = wall
-    return result
+    return _timing.run_child([sys.executable, os.path.abspath(script)], child, flags)
 
 
 def write_report(report: dict, runs: list[tuple[str, dict]], out: str, log) -> int:

@@ -60,12 +60,8 @@ The run is single-process: all local devices form the mesh and batch sizes are g
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import json
-import os
-import platform
-import resource
 import statistics
 import sys
 import time
@@ -97,97 +93,25 @@ def _log(msg: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _setup_jax():
-    """Imports jax with the persistent compilation cache off, so compile times are real."""
-    import jax
-
-    jax.config.update("jax_enable_compilation_cache", False)
-    return jax
-
-
-def _flops(compiled) -> float:
-    """XLA's FLOP count of a compiled function (a dict in jax 0.10, a list of dicts before)."""
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        return float(sum(c.get("flops", 0.0) for c in cost))
-    return float(cost.get("flops", 0.0))
-
-
-def _memory(compiled) -> dict[str, int]:
-    m = compiled.memory_analysis()
-    fields = {
-        "argument_bytes": "argument_size_in_bytes",
-        "output_bytes": "output_size_in_bytes",
-        "alias_bytes": "alias_size_in_bytes",
-        "temp_bytes": "temp_size_in_bytes",
-        "generated_code_bytes": "generated_code_size_in_bytes",
-    }
-    return {k: int(getattr(m, attr)) for k, attr in fields.items() if hasattr(m, attr)}
-
-
-def _compile(jitted, *args) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    return compiled, time.perf_counter() - t0
-
-
-def _cpu_sec() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _timed(fn, *args) -> tuple[Any, float, float]:
     """(result, wall seconds, CPU seconds of this process's threads) of one blocking call."""
     import jax
 
-    c0, t0 = _cpu_sec(), time.perf_counter()
+    c0, t0 = bench_common.cpu_sec(), time.perf_counter()
     out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - t0, _cpu_sec() - c0
-
-
-def _env() -> dict:
-    jax = _setup_jax()
-    import flax
-    import jaxlib
-
-    devices = jax.devices()
-    cpu_model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu_model = next(
-                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                cpu_model,
-            )
-    except OSError:
-        pass
-    return {
-        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "flax": flax.__version__,
-        "python": platform.python_version(),
-        "backend": jax.default_backend(),
-        "device_kind": devices[0].device_kind,
-        "device_count": jax.device_count(),
-        "process_count": jax.process_count(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model,
-        "compilation_cache": False,
-        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-    }
+    return out, time.perf_counter() - t0, bench_common.cpu_sec() - c0
 
 
 def run_baseline(reps: int) -> dict:
     """Env block plus the matmul and conv-forward rates of this machine."""
     load = bench_common.OtherLoad()
-    jax = _setup_jax()
+    jax = bench_common.setup_jax()
     import jax.numpy as jnp
     import numpy as np
 
     def measure(fn, *args) -> dict:
-        compiled, _ = _compile(jax.jit(fn), *args)
-        flops = _flops(compiled)
+        compiled, _ = bench_common.compile_ahead(jax.jit(fn), *args)
+        flops = bench_common.flops(compiled)
         _timed(compiled, *args)  # Warm-up.
         runs = [_timed(compiled, *args)[1:] for _ in range(reps)]
         sec = statistics.median(r[0] for r in runs)
@@ -223,7 +147,7 @@ def run_baseline(reps: int) -> dict:
     )
     _log(f"conv_fwd {conv_fwd['gflops_per_sec']:.1f} GFLOP/s")
     return {
-        "env": _env(),
+        "env": bench_common.env(),
         "baseline": {
             "reps": reps,
             "other_cpus_busy": load.cpus(),
@@ -265,7 +189,7 @@ def _num_params(tree) -> int:
 def run_case(case: str, opts: dict) -> dict:
     """Times, counts and sizes one config's training step and scoring."""
     load = bench_common.OtherLoad()
-    jax = _setup_jax()
+    jax = bench_common.setup_jax()
     import numpy as np
 
     from jaxad import methods, parallel, train
@@ -299,9 +223,9 @@ def run_case(case: str, opts: dict) -> dict:
         parallel.global_batch(mesh, _synthetic_batch(config, local_bs, seed)) for seed in (0, 1)
     ]
     step_fn = train.make_train_step(method, config, mesh)
-    compiled, out["train_compile_sec"] = _compile(step_fn, state, batches[0], 1)
-    out["train_flops"] = _flops(compiled)
-    out["train_memory"] = _memory(compiled)
+    compiled, out["train_compile_sec"] = bench_common.compile_ahead(step_fn, state, batches[0], 1)
+    out["train_flops"] = bench_common.flops(compiled)
+    out["train_memory"] = bench_common.memory(compiled)
     _log(f"{case}: train step compiled in {out['train_compile_sec']:.1f} s")
     times, cpu = [], []
     for i in range(1 + opts["steps"]):
@@ -325,22 +249,22 @@ def run_case(case: str, opts: dict) -> dict:
     score_fn = core.make_score_fn(method, mesh)
     sbatch = parallel.global_batch(mesh, _synthetic_batch(config, score_bs, 2))
     key = jax.random.fold_in(jax.random.key(config.seed), 2)
-    compiled, out["score_compile_sec"] = _compile(score_fn, state, sbatch, key)
+    compiled, out["score_compile_sec"] = bench_common.compile_ahead(score_fn, state, sbatch, key)
     _log(f"{case}: score compiled in {out['score_compile_sec']:.1f} s")
     n_lattices = int(lattice.test_phases(config.l2v.grid, config.l2v.test_step).shape[0])
     chunk = int(config.l2v.score_chunk)
     variables = {k: state["g"][k] for k in ("params", "batch_stats")}
     forward = jax.jit(lambda v, x: method.generator.apply(v, x, train=False))
-    fwd_compiled, _ = _compile(forward, variables, sbatch["image"])
-    fwd_flops_per_image = _flops(fwd_compiled) / opts["score_batch"]
+    fwd_compiled, _ = bench_common.compile_ahead(forward, variables, sbatch["image"])
+    fwd_flops_per_image = bench_common.flops(fwd_compiled) / opts["score_batch"]
     del fwd_compiled
     out["score_batch_size"] = opts["score_batch"]
     out["score_lattices"] = n_lattices
     out["score_chunk"] = chunk
-    out["score_flops_xla_raw"] = _flops(compiled)
+    out["score_flops_xla_raw"] = bench_common.flops(compiled)
     out["score_forward_flops_per_image"] = fwd_flops_per_image
     out["score_flops"] = n_lattices * opts["score_batch"] * fwd_flops_per_image
-    out["score_memory"] = _memory(compiled)
+    out["score_memory"] = bench_common.memory(compiled)
     out["score_loop_trips"] = -(-n_lattices // chunk)
     times, cpu = [], []
     n_calls = opts["score_warmup"] + opts["score_calls"]

@@ -240,6 +240,7 @@ def env() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
         "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
         "cpu_count": os.cpu_count(),
         "threads": threads(),
         "cpu_model": cpu_model,
@@ -252,13 +253,22 @@ def spawn_child(module: str, child: str, flags: list[str]) -> dict[str, Any]:
     """Runs `python -m MODULE --_child=CHILD --_result=FILE FLAGS...`; the JSON it wrote.
 
     A failed child gives {"error": why}; either way the result has `wall_sec`, the child's wall
-    time. The child's stderr (its progress) goes to ours.
+    time. The child's stderr (its progress) goes to ours, its stdout nowhere.
     """
+    return run_child([sys.executable, "-m", module], child, flags, stdout=subprocess.DEVNULL)
+
+
+def run_child(
+    command: list[str], child: str, flags: list[str], *, stdout: Any = None
+) -> dict[str, Any]:
+    """Runs `COMMAND --_child=CHILD --_result=FILE FLAGS...` (COMMAND: the interpreter and a
+    module or script); the JSON the child wrote to FILE, else {"error": why} (with the text of
+    FILE.error when the child left one); `wall_sec` either way."""
     with tempfile.TemporaryDirectory() as tmp:
         result_path = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, "-m", module, f"--_child={child}", f"--_result={result_path}"]
+        cmd = [*command, f"--_child={child}", f"--_result={result_path}"]
         t0 = time.perf_counter()
-        proc = subprocess.run([*cmd, *flags], check=False, stdout=subprocess.DEVNULL)
+        proc = subprocess.run([*cmd, *flags], check=False, stdout=stdout)
         wall = time.perf_counter() - t0
         if proc.returncode != 0 or not os.path.exists(result_path):
             why = f"exit code {proc.returncode}"

@@ -33,7 +33,7 @@ real images that pip packages ship where possible:
   `mass_effect` (tissue pushed outward + mild hyperintensity), `texture` (high-frequency noise at
   the local mean); the demo blends uniform-colour ellipsoids into a procedural head.
 
-Layout per set (MVTec-AD, what `jaxad.data.folder` reads): `DIR/<set>/train/good/000.png`,
+Layout per set (MVTec-AD, what `jaxad.data.folder` reads): `DIR/<set>_indep/train/good/000.png`,
 `test/good/`, `test/<type>/`, `ground_truth/<type>/000_mask.png` (0/255) and `generator.json`
 (parameters, counts, version). `--n_test_anomalous` is the total, spread round-robin over the
 types. A set is written into a hidden `DIR/.<set>.partial-*` folder renamed at the end (a killed
@@ -44,8 +44,8 @@ the object (`scene`) plus its acquisition (`camera`), so a lesion goes through t
 illumination, blur and noise as the normal tissue around it.
 
 The results table lives in bench/README.md, made with
-`python -m jaxad.bench quality --datasets= --folder=DIR/fundus --folder=DIR/dbt
---folder=DIR/cxr --folder=DIR/brain --out=OUT`.
+`python -m jaxad.bench quality --datasets= --folder=DIR/fundus_indep --folder=DIR/dbt_indep
+--folder=DIR/cxr_indep --folder=DIR/brain_indep --out=OUT`.
 """
 
 from __future__ import annotations
@@ -730,6 +730,12 @@ def is_complete(set_dir: Path, meta: dict) -> bool:
         return False
 
 
+def folder(name: str) -> str:
+    """The set's folder under DIR: `<set>_indep`, so that `python -m jaxad.bench quality`
+    (which names a dataset by its folder) keeps it apart from its built-in demo of that name."""
+    return f"{name}_indep"
+
+
 def make_set(name: str, out_dir: Path, *, size: int = 128, n_train: int = 200,
              n_test_good: int = 40, n_test_anomalous: int = 40, seed: int = 0,
              force: bool = False, brain_source: str = "auto") -> dict[str, int]:  # fmt: skip
@@ -738,7 +744,7 @@ def make_set(name: str, out_dir: Path, *, size: int = 128, n_train: int = 200,
     any other existing folder is only replaced with `force`."""
     meta = plan(name, size, seed, (n_train, n_test_good, n_test_anomalous), brain_source)
     out_dir, spec = Path(out_dir), SPECS[name]
-    final = out_dir / name
+    final = out_dir / folder(name)
     if final.exists() and not force:
         if is_complete(final, meta):
             return meta["counts"]
@@ -798,17 +804,18 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     for name, meta in metas.items():
-        if (out / name).exists() and not a.force and not is_complete(out / name, meta):
-            p.error(f"{out / name} exists and is not this set (--force replaces it)")
+        dst = out / folder(name)
+        if dst.exists() and not a.force and not is_complete(dst, meta):
+            p.error(f"{dst} exists and is not this set (--force replaces it)")
     for name, meta in metas.items():
-        t0, done = time.perf_counter(), not a.force and is_complete(out / name, meta)
+        t0, done = time.perf_counter(), not a.force and is_complete(dst, meta)
         make_set(name, out, size=a.size, n_train=ns[0], n_test_good=ns[1], n_test_anomalous=ns[2],
                  seed=a.seed, force=a.force, brain_source=a.brain_source)  # fmt: skip
         c = meta["counts"]
         took = "skipped (complete)" if done else f"{time.perf_counter() - t0:.1f} s"
         print(f"{name}: {c['train/good']} train, {c['test/good']} test good, "
               f"{sum(c.values()) - c['train/good'] - c['test/good']} anomalous "
-              f"({len(c) - 2} types) -> {out / name}: {took}", flush=True)  # fmt: skip
+              f"({len(c) - 2} types) -> {dst}: {took}", flush=True)  # fmt: skip
     return 0
 
 

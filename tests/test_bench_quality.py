@@ -189,10 +189,17 @@ def test_postprocess_flag():
         (["--datasets=fundus,retina"], "unknown 'retina'"),
         (["--datasets=", "--folder=/nonexistent/x"], "not an MVTec-layout folder"),
         (["--datasets="], "no dataset"),
+        (["--folder=FOLDER/fundus"], "its name 'fundus' is a built-in dataset's"),
+        (["--datasets=", "--folder=FOLDER/x", "--folder=FOLDER/y/x"], "another dataset's"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, flags, message):
-    assert quality.main(["--out", str(tmp_path), *flags]) == quality.EXIT_USAGE
+    for flag in flags:  # FOLDER/<path>: a real folder, made here
+        if "FOLDER/" in flag:
+            _folder(tmp_path / "in" / flag.split("FOLDER/")[1], size=32)
+    flags = [f.replace("FOLDER", str(tmp_path / "in")) for f in flags]
+    assert quality.main(["--out", str(tmp_path / "out"), *flags]) == quality.EXIT_USAGE
+    assert not (tmp_path / "out" / "data").exists()  # checked before any dataset is made
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
 

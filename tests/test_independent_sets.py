@@ -49,7 +49,7 @@ def _normal(name: str, ctx: dict, *key: int):
 
 @pytest.mark.parametrize("name", ind.SETS)
 def test_layout(sets, name):
-    root, mode = sets / name, "RGB" if name == "fundus" else "L"
+    root, mode = sets / ind.folder(name), "RGB" if name == "fundus" else "L"
     meta = json.loads((root / "generator.json").read_text())
     assert (meta["set"], meta["size"], meta["seed"]) == (name, SIZE, 0)
     assert meta["version"] == ind.VERSION
@@ -76,10 +76,10 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     kw = dict(size=48, n_train=1, n_test_good=1, n_test_anomalous=4)
     for out, seed in (("a", 0), ("b", 0), ("c", 1)):
         ind.make_set("dbt", tmp_path / out, seed=seed, **kw)
-    read = lambda out: (tmp_path / out / "dbt/test/calcifications/000.png").read_bytes()
+    read = lambda out: (tmp_path / out / "dbt_indep/test/calcifications/000.png").read_bytes()
     assert read("a") == read("b") and read("a") != read("c")
     mask = lambda out: (
-        tmp_path / out / "dbt/ground_truth/calcifications/000_mask.png"
+        tmp_path / out / "dbt_indep/ground_truth/calcifications/000_mask.png"
     ).read_bytes()
     assert mask("a") == mask("b")
 
@@ -125,7 +125,7 @@ def test_brain_nibabel_fallback_when_nilearn_is_missing(monkeypatch, capsys, tmp
     assert e.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
     counts = ind.make_set("brain", tmp_path, size=48, n_train=1, n_test_good=1,
                           n_test_anomalous=4, seed=0)  # fmt: skip
-    meta = json.loads((tmp_path / "brain/generator.json").read_text())
+    meta = json.loads((tmp_path / "brain_indep/generator.json").read_text())
     assert meta["source"] == "nibabel" and meta["counts"] == counts and len(counts) == 6
 
 
@@ -139,9 +139,9 @@ def test_cli_writes_skips_and_refuses(tmp_path):
             "--n_test_anomalous=2")  # fmt: skip
     first = _cli(*args)
     assert first.returncode == 0, first.stderr
-    meta = json.loads((tmp_path / "dbt/generator.json").read_text())
+    meta = json.loads((tmp_path / "dbt_indep/generator.json").read_text())
     assert meta["counts"]["train/good"] == 2 and sum(meta["counts"].values()) == 5
-    png = tmp_path / "dbt/train/good/000.png"
+    png = tmp_path / "dbt_indep/train/good/000.png"
     stamp = png.stat().st_mtime_ns
     again = _cli(*args)
     assert again.returncode == 0 and "skipped" in again.stdout and png.stat().st_mtime_ns == stamp
@@ -153,4 +153,4 @@ def test_cli_writes_skips_and_refuses(tmp_path):
     assert other.returncode == 2 and "--force" in other.stderr and png.stat().st_mtime_ns == stamp
     forced = _cli(*args, "--seed=1", "--force")
     assert forced.returncode == 0, forced.stderr
-    assert json.loads((tmp_path / "dbt/generator.json").read_text())["seed"] == 1
+    assert json.loads((tmp_path / "dbt_indep/generator.json").read_text())["seed"] == 1

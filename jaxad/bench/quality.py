@@ -516,26 +516,33 @@ def _error(msg: str) -> int:
     return EXIT_USAGE
 
 
-def _datasets(args: argparse.Namespace, out: pathlib.Path) -> list[tuple[Dataset, dict]]:
-    """(dataset, its data keys with the prepared root) for every dataset asked for."""
+def _datasets(args: argparse.Namespace, out: pathlib.Path) -> list[Dataset]:
+    """Every dataset asked for, built-in ones prepared; all are checked before any is made."""
     found = []
     for name in [n for n in args.datasets.split(",") if n]:
         if name not in DEMOS:
             raise ValueError(f"--datasets: unknown {name!r}; built-in: {', '.join(DEMOS)}")
-        spec = DEMOS[name]
-        found.append(dataclasses.replace(spec, size=args.image_size))
+        found.append(dataclasses.replace(DEMOS[name], size=args.image_size))
+    builtin = len(found)
     for kind, values in (("folder", args.folder), ("tfds", args.tfds)):
-        found += [user_dataset(kind, v, args.image_size, args.channels) for v in values]
+        for value in values:
+            ds = user_dataset(kind, value, args.image_size, args.channels)
+            # A dataset's name is its folder under DIR/runs, where finished cells are reused.
+            if ds.name in DEMOS or any(ds.name == f.name for f in found):
+                what = "a built-in dataset's" if ds.name in DEMOS else "another dataset's"
+                raise ValueError(
+                    f"--{kind}={value}: its name {ds.name!r} is {what} (results are kept per "
+                    "name): give the folder another name, e.g. a symlink"
+                )
+            found.append(ds)
     if not found:
         raise ValueError("no dataset: give --datasets, --folder or --tfds")
-    prepared = []
-    for ds in found:
-        if ds.name in DEMOS:
-            root = prepare(ds.name, out / "data", args.quick)
-            data = {**ds.data, "name": "folder", "root": os.fspath(root)}
-            ds = dataclasses.replace(ds, data=data)
-        prepared.append(ds)
-    return prepared
+    for i, ds in enumerate(found[:builtin]):
+        root = prepare(ds.name, out / "data", args.quick)
+        found[i] = dataclasses.replace(
+            ds, data={**ds.data, "name": "folder", "root": os.fspath(root)}
+        )
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -808,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
         if dst.exists() and not a.force and not is_complete(dst, meta):
             p.error(f"{dst} exists and is not this set (--force replaces it)")
     for name, meta in metas.items():
+        dst = out / folder(name)
         t0, done = time.perf_counter(), not a.force and is_complete(dst, meta)
         make_set(name, out, size=a.size, n_train=ns[0], n_test_good=ns[1], n_test_anomalous=ns[2],
                  seed=a.seed, force=a.force, brain_source=a.brain_source)  # fmt: skip

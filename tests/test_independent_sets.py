@@ -154,3 +154,9 @@ def test_cli_writes_skips_and_refuses(tmp_path):
     forced = _cli(*args, "--seed=1", "--force")
     assert forced.returncode == 0, forced.stderr
     assert json.loads((tmp_path / "dbt_indep/generator.json").read_text())["seed"] == 1
+    # Two sets: the complete one skipped, the new one made, each line naming its own folder.
+    both = _cli(*[a.replace("--sets=dbt", "--sets=dbt,cxr") for a in args], "--seed=1")
+    lines = both.stdout.strip().splitlines()
+    assert both.returncode == 0 and len(lines) == 2, both.stderr
+    assert "dbt_indep: skipped" in lines[0] and "cxr_indep: " in lines[1]
+    assert "skipped" not in lines[1]

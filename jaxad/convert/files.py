@@ -104,17 +104,20 @@ class MappingReader:
         return np.asarray(self._arrays[key])
 
 
-def open_reader(path: str | os.PathLike, hint: str) -> SafetensorsReader | NpzReader:
+def open_reader(
+    path: str | os.PathLike, hint: str, *, what: str = "", holding: str = ""
+) -> SafetensorsReader | NpzReader:
     """A reader for a `.safetensors` or `.npz` file (local or `gs://`); one-line errors end with
-    `hint`."""
+    `hint`, name the file as `what` (e.g. "VGG19 weights") and say what it should hold."""
     path = os.fspath(path)
     if not path.endswith(EXTENSIONS):
+        holds = f" holding {holding}" if holding else ""
         raise ValueError(
-            f"{path}: unknown extension, expected .safetensors or .npz (pickle and torch files "
-            f"are never read); {hint}."
+            f"{path}: unknown extension, expected .safetensors or .npz{holds} (pickle and torch "
+            f"files are never read); {hint}."
         )
     if not paths.path(path).is_file():
-        raise FileNotFoundError(f"{path} not found; {hint}.")
+        raise FileNotFoundError(f"{what + ' ' if what else ''}{path} not found; {hint}.")
     if path.endswith(".safetensors"):
         return SafetensorsReader(path, hint)
     return NpzReader(path, hint)

@@ -45,14 +45,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxad import paths
 from jaxad.convert import files
 from jaxad.models.resnet import ResNet
 from jaxad.models.vgg_weights import _one_line
 
 logger = logging.getLogger(__name__)
 
-EXTENSIONS = (".safetensors", ".npz")
 CONVERT_HINT = "convert torchvision's weights once, see the jaxad.models.resnet_weights docstring"
 # The conversion one-liners (module docstring), for the README.
 IMAGENET_RECIPE = (
@@ -273,15 +271,9 @@ def load_torchvision_resnet(
     one line naming the file and what was expected.
     """
     path = os.fspath(path)
-    if not path.endswith(EXTENSIONS):
-        raise ValueError(
-            f"{path}: unknown extension, expected .safetensors or .npz holding "
-            f"{_expected_keys(depth)} (pickle and torch files are never read); {CONVERT_HINT}."
-        )
-    if not paths.path(path).is_file():
-        raise FileNotFoundError(f"ResNet-{depth} weights {path} not found; {CONVERT_HINT}.")
-    reader_type = files.SafetensorsReader if path.endswith(".safetensors") else files.NpzReader
-    reader = reader_type(path, CONVERT_HINT)  # Its errors end with this module's hint.
+    what, holding = f"ResNet-{depth} weights", _expected_keys(depth)
+    # The reader's errors end with this module's hint too.
+    reader = files.open_reader(path, CONVERT_HINT, what=what, holding=holding)
     try:
         return _read(reader, path, depth, width, num_classes)
     finally:

@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxad import paths
 from jaxad.convert import files
 from jaxad.models.torch_import import (
     TORCHVISION_CONV_INDICES,
@@ -45,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 # Seed of the random stand-in (the same as `jaxad.methods.simclr.RANDOM_VGG_SEED`).
 RANDOM_SEED = 0
-EXTENSIONS = (".safetensors", ".npz")
 EXPECTED_KEYS = (
     "torchvision VGG19 keys features.{"
     + ",".join(str(i) for i in TORCHVISION_CONV_INDICES)
@@ -54,16 +52,7 @@ EXPECTED_KEYS = (
 CONVERT_HINT = "convert torchvision's weights once, see the jaxad.models.vgg_weights docstring"
 
 
-# The readers of `jaxad.convert.files`, with this module's hint in their errors.
 _one_line = files.one_line
-
-
-def _SafetensorsReader(path: str) -> files.SafetensorsReader:  # noqa: N802 (a reader type)
-    return files.SafetensorsReader(path, CONVERT_HINT)
-
-
-def _NpzReader(path: str) -> files.NpzReader:  # noqa: N802 (a reader type)
-    return files.NpzReader(path, CONVERT_HINT)
 
 
 def load_vgg19_imagenet(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
@@ -75,14 +64,7 @@ def load_vgg19_imagenet(path: str | os.PathLike) -> dict[str, dict[str, np.ndarr
     the file and what was expected.
     """
     path = os.fspath(path)
-    if not path.endswith(EXTENSIONS):
-        raise ValueError(
-            f"{path}: unknown extension, expected .safetensors or .npz holding {EXPECTED_KEYS} "
-            f"(pickle and torch files are never read); {CONVERT_HINT}."
-        )
-    if not paths.path(path).is_file():
-        raise FileNotFoundError(f"VGG19 weights {path} not found; {CONVERT_HINT}.")
-    reader: Any = _SafetensorsReader(path) if path.endswith(".safetensors") else _NpzReader(path)
+    reader = files.open_reader(path, CONVERT_HINT, what="VGG19 weights", holding=EXPECTED_KEYS)
     try:
         arrays = _read_checked(reader, path)
     finally:

@@ -110,7 +110,7 @@ def test_predict_skips_an_image_smaller_than_the_window_with_a_warning(tmp_path,
     handler = caplog.handler if not writers.logger.propagate else logging.NullHandler()
     writers.logger.addHandler(handler)  # After writers.setup_logging, it does not propagate.
     try:
-        rows = predict._predict_full_resolution(config, method, None, src, str(tmp_path))
+        rows = predict._predict_full_resolution(config, method, None, src, str(tmp_path), {})
     finally:
         writers.logger.removeHandler(handler)
     assert rows == [("img1.png", 1.0)]
@@ -118,7 +118,7 @@ def test_predict_skips_an_image_smaller_than_the_window_with_a_warning(tmp_path,
     assert warnings == ["skipped img0.png: 8x8 is smaller than the model's 16x16 window"]
     assert np.load(tmp_path / "img1.npy").shape == (20, 24)
     with pytest.raises(ValueError, match="every image .* window"):
-        predict._predict_full_resolution(config, method, None, src[:1], str(tmp_path))
+        predict._predict_full_resolution(config, method, None, src[:1], str(tmp_path), {})
 
 
 # --- jaxad.mood -----------------------------------------------------------------------------

@@ -49,6 +49,8 @@ setuptools.setup(
             # tests/test_gcs_paths.py: gs:// runs against a local fake GCS server.
             "gcsfs>=2024.2",
             "gcp-storage-emulator>=2024.8",
+            # Real anatomy in tests: nilearn's bundled MNI152 template (no download).
+            "nilearn>=0.10",
         ],
         # Workdirs, data and weights on Cloud Storage (gs://): gcsfs is etils.epath's backend.
         "gcs": ["gcsfs>=2024.2"],

@@ -76,6 +76,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.hidden = 2048
     c.model.pool_size = 7  # AdaptiveAvgPool2d((7, 7)): 25088 features into the head
     c.model.vgg_width = 64  # VGG19's first-block channels; smaller only for CPU demos
+    # The fork's head has no normalisation ('none'). 'batch' normalises its hidden layer by the
+    # batch's statistics, as the SimCLR paper's head: the remedy when the collapse warning
+    # below appears (the README's DPA section has what was measured). The DPA loads only the
+    # VGG19 convs, whichever head trained them.
+    c.model.head_norm = "none"
 
     # Method: views, loss, schedule.
     c.simclr = ml_collections.ConfigDict()

@@ -7,6 +7,7 @@ perceptual network) is useless. A method opts in with two things:
 
 - a `collapse_level()` method: the loss of identical embeddings (`jaxad.methods.simclr`:
   log(2B - 1));
+- optionally a `collapse_hint()` method: what the warning suggests (default: another seed);
 - optionally a `spread` training metric: the standard deviation of the L2-normalised
   embeddings across the batch, averaged over dimensions and times sqrt(D) (about 1 for
   embeddings spread over the sphere, 0 when they are all equal; `embedding_spread`).
@@ -48,11 +49,13 @@ class Detector:
         patience: int = DEFAULTS["patience"],
         rel_tol: float = DEFAULTS["rel_tol"],
         min_spread: float = DEFAULTS["min_spread"],
+        hint: str = "rerun with another config.seed",
     ):
         self.level = None if level is None else float(level)
         self.patience = int(patience)
         self.rel_tol = float(rel_tol)
         self.min_spread = float(min_spread)
+        self.hint = hint
         self.run = 0  # Collapsed logged steps in a row.
         self.warned = False
 
@@ -63,6 +66,8 @@ class Detector:
         settings = dict(DEFAULTS)
         if "collapse" in config:
             settings.update(config.collapse.to_dict())
+        if hasattr(method, "collapse_hint"):
+            settings["hint"] = method.collapse_hint()
         return cls(level, **settings)
 
     @property
@@ -88,8 +93,7 @@ class Detector:
         message = (
             f"step {step}: the embeddings look collapsed for {self.patience} logged steps in a "
             f"row (loss {float(metrics['loss']):.4g}; identical embeddings give log(2B - 1) = "
-            f"{self.level:.4g}{spread}); the network is likely useless: rerun with another "
-            "config.seed."
+            f"{self.level:.4g}{spread}); the network is likely useless: {self.hint}."
         )
         writers.logger.warning("%s", message)
         return message

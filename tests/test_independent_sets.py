@@ -30,7 +30,7 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory) -> Path:
-    """Every set at 64 px, two images per folder; the brain from nibabel (CI has no nilearn)."""
+    """Every set at 64 px, two images per folder; the brain from nibabel (the quick source)."""
     root = tmp_path_factory.mktemp("indep")
     for name in ind.SETS:
         ind.make_set(name, root, size=SIZE, n_train=2, n_test_good=2, n_test_anomalous=8,

@@ -340,13 +340,50 @@ def test_train_step_lowers_nt_xent_on_a_fixed_batch():
     assert not methods.provides(method, "image_scores")
 
 
+def test_batch_normalised_head_option():
+    """model.head_norm='batch': the hidden layer normalised by the batch's statistics (padding
+    rows left out), a step still lowers the loss, and a typo is a one-line error."""
+    from jaxad.models.layers import BatchStatNorm
+
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(3.0, 2.0, (6, 5)), jnp.float32)
+    norm = BatchStatNorm()
+    params = norm.init(jax.random.key(0), x)
+    y = np.asarray(norm.apply(params, x))
+    np.testing.assert_allclose(y.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.std(0), 1.0, atol=1e-3)
+    weights = jnp.array([1, 1, 1, 1, 0, 0], jnp.float32)
+    padded = np.asarray(norm.apply(params, x.at[4:].set(1e3), weights))
+    np.testing.assert_allclose(padded[:4], np.asarray(norm.apply(params, x[:4])), atol=1e-5)
+
+    config = tiny_config(**{"model.head_norm": "batch"})
+    method = methods.create(config)
+    mesh = parallel.make_mesh()
+    state = methods.init_state(method, config, mesh, 4)
+    assert set(state["model"]["params"]) == {"features", "l1", "l1_norm", "l2"}
+    step = train.make_train_step(method, config, mesh)
+    batch = {**methods.example_batch(config, 4), "image": np.asarray(_grey_batch()["image"])}
+    batch = parallel.global_batch(mesh, batch)
+    losses = []
+    for _ in range(6):
+        state, metrics = step(state, batch, 1)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < losses[0] - 0.05, losses
+    from jaxad.convert import simclr as convert_simclr
+
+    with pytest.raises(ValueError, match=r"^model.head_norm='batch': the SimCLR fork's head"):
+        convert_simclr.networks(config)  # no counterpart in the original to export to
+    with pytest.raises(ValueError, match=r"^config.model.head_norm='bn' is not one of none, batch"):
+        methods.create(tiny_config(**{"model.head_norm": "bn"}))
+
+
 def test_eval_loss_is_each_examples_share_of_nt_xent():
     method = methods.create(tiny_config())
     rng = np.random.default_rng(8)
     z1, z2 = (jnp.asarray(rng.normal(size=(4, 8)), jnp.float32) for _ in range(2))
     seen = []
 
-    def projections(params, key, images):  # stands in for the network: fixed projections
+    def projections(params, key, images, valid=None):  # stands in for the network
         seen.append((params, key, images.shape))
         return z1, z2
 

@@ -28,7 +28,11 @@ def simclr_table() -> dict[str, str]:
 
 
 def networks(config: ml_collections.ConfigDict) -> tuple[Network, ...]:
-    del config
+    if config is not None and config.model.get("head_norm", "none") != "none":
+        raise ValueError(
+            f"model.head_norm={config.model.head_norm!r}: the SimCLR fork's head has no "
+            "normalisation, so this run has no counterpart there (only model.head_norm='none')"
+        )
     return (
         Network(
             name="simclr",

@@ -27,6 +27,9 @@ VGG19 with SimCLR on the challenge's own slices (the SimCLR fork, config exp_1_m
   whenever the epoch's validation loss improved. The original drew new views at every
   validation (so its loss was noisier) and dropped the last incomplete batch; here that batch
   counts, its padding rows excluded from the negatives;
+- head: the fork's (no normalisation) by default; `model.head_norm='batch'` normalises its hidden
+  layer by the batch's statistics (the SimCLR paper's head), which keeps the embeddings from
+  collapsing where the brightness jitter on mostly black slices collapses the fork's (README);
 - collapse: the training metrics include `spread`, the embedding spread across the batch, and
   `collapse_level` gives log(2B - 1), the NT-Xent of identical embeddings; the loop warns when
   the loss stays there (`jaxad.collapse`, settings `config.collapse`);
@@ -60,6 +63,7 @@ from jaxad.models.vgg import SimCLRModel, VGG19Features
 from jaxad.ops import augment, contrastive, conv, perceptual
 
 LR_SCHEDULES = ("cosine_epochs", "constant")
+HEAD_NORMS = ("none", "batch")
 # Seed of the random VGG19 used when no weights are given (the original's fallback also seeds).
 RANDOM_VGG_SEED = 0
 
@@ -137,6 +141,8 @@ class SimCLR(Method):
     def __init__(self, config: ml_collections.ConfigDict):
         cfg = config.simclr
         _check_choice("simclr.lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
+        head_norm = config.model.get("head_norm", "none")
+        _check_choice("model.head_norm", head_norm, HEAD_NORMS)
         self.config = config
         self.cfg = cfg
         self.aug = augment_from_config(cfg)
@@ -150,6 +156,7 @@ class SimCLR(Method):
             dtype=precision.model_dtype(config),
             fast_conv_grad=fast,
             width=config.model.vgg_width,
+            head_norm=head_norm,
         )
         self._steps_per_epoch = int(cfg.steps_per_epoch)
         # The schedule is a function of the update count in every case, so that the optimiser
@@ -203,13 +210,15 @@ class SimCLR(Method):
         """Batch images back to the [0, 1] scale the augmentation and the VGG expect."""
         return images * self.std + self.mean
 
-    def projections(self, params, key: jax.Array, images: jax.Array):
-        """(z1, z2): the projections of two random views of each normalised image."""
+    def projections(self, params, key: jax.Array, images: jax.Array, valid=None):
+        """(z1, z2): the projections of two random views of each normalised image (`valid` [B]
+        keeps padding rows out of a batch-normalised head's statistics)."""
         v1, v2 = augment.two_views(key, self.unit_images(images), self.aug)
         views = jnp.concatenate([v1, v2], axis=0)
         if views.shape[-1] == 1:
             views = jnp.broadcast_to(views, (*views.shape[:-1], 3))
-        _, z = self.model.apply({"params": params}, views)
+        weights = None if valid is None else jnp.concatenate([valid, valid], axis=0)
+        _, z = self.model.apply({"params": params}, views, weights)
         z = precision.as_float32(z)
         n = images.shape[0]
         return z[:n], z[n:]
@@ -238,10 +247,18 @@ class SimCLR(Method):
         """NT-Xent of identical embeddings, log(2B - 1): what `jaxad.collapse` watches for."""
         return math.log(2 * self.config.batch_size - 1)
 
+    def collapse_hint(self) -> str:
+        """What the collapse warning suggests: the batch-normalised head when the run has not
+        got it, else another seed."""
+        if self.config.model.get("head_norm", "none") == "none":
+            return "rerun with --config.model.head_norm=batch (or another config.seed)"
+        return "rerun with another config.seed"
+
     def eval_loss(self, state: dict, batch: dict, key: jax.Array) -> jax.Array:
         """[B] each example's share of its batch's NT-Xent (0 for padding rows)."""
-        z1, z2 = self.projections(state["model"]["params"], key, batch["image"])
-        return nt_xent_per_example(z1, z2, self.cfg.temperature, batch.get("valid"))
+        valid = batch.get("valid")
+        z1, z2 = self.projections(state["model"]["params"], key, batch["image"], valid)
+        return nt_xent_per_example(z1, z2, self.cfg.temperature, valid)
 
 
 def create(config: ml_collections.ConfigDict) -> Any:

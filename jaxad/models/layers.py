@@ -267,3 +267,25 @@ class BatchNorm(nn.BatchNorm):
     momentum: float = 0.9
     epsilon: float = 1e-5
     use_fast_variance: bool = False
+
+
+class BatchStatNorm(nn.Module):
+    """[N, D] -> [N, D] normalised by the batch's own mean and variance, then a learnt scale and
+    shift: training-mode BatchNorm without running averages, for heads that only ever see whole
+    batches (a contrastive projection head). `weights` [N] (1 keep, 0 ignore) leaves padding rows
+    out of the statistics. Under `jax.jit` with a sharded batch the statistics are global.
+    """
+
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+        xf = x.astype(jnp.float32)
+        w = jnp.ones(x.shape[:1], jnp.float32) if weights is None else weights.astype(jnp.float32)
+        w = (w / jnp.maximum(w.sum(), 1.0))[:, None]
+        mean = (w * xf).sum(0)
+        var = (w * jnp.square(xf - mean)).sum(0)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        return y.astype(x.dtype)

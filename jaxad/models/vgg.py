@@ -26,7 +26,13 @@ from flax.linen.dtypes import promote_dtype
 from jax.typing import DTypeLike
 
 from jaxad.models.dpa import kaiming_normal_fan_out
-from jaxad.models.layers import Conv, max_pool_2x2, torch_conv_bias_init, torch_conv_kernel_init
+from jaxad.models.layers import (
+    BatchStatNorm,
+    Conv,
+    max_pool_2x2,
+    torch_conv_bias_init,
+    torch_conv_kernel_init,
+)
 
 # Output channels of the convs of each block.
 VGG19_BLOCKS: tuple[tuple[int, ...], ...] = (
@@ -149,6 +155,9 @@ class SimCLRModel(nn.Module):
 
     Parameters: "features" (a `VGG19Features`), "l1" and "l2" (the head, as the fork names it).
     The NT-Xent loss (`jaxad.ops.perceptual.nt_xent`) normalises the projections itself.
+    `head_norm='batch'` (not the fork's) normalises the hidden layer by the batch's statistics,
+    as the SimCLR paper's head: "l1_norm" (`BatchStatNorm`); `weights` [B] leaves padding rows out
+    of those statistics.
     """
 
     out_dim: int = 256
@@ -157,14 +166,19 @@ class SimCLRModel(nn.Module):
     dtype: DTypeLike | None = None
     fast_conv_grad: bool | str = False
     width: int = 64  # `VGG19Features.width`
+    head_norm: str = "none"  # 'none' (the fork) or 'batch'
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self, x: jax.Array, weights: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         vgg = VGG19Features(
             dtype=self.dtype, fast_conv_grad=self.fast_conv_grad, width=self.width, name="features"
         )
         f = adaptive_avg_pool2d(vgg(x, ("p5",))["p5"], (self.pool_size, self.pool_size))
         h = f.transpose(0, 3, 1, 2).reshape(f.shape[0], -1)  # PyTorch's flatten of N, C, H, W
         z = TorchDense(self.hidden, dtype=self.dtype, name="l1")(h)
+        if self.head_norm == "batch":
+            z = BatchStatNorm(name="l1_norm")(z, weights)
         z = TorchDense(self.out_dim, dtype=self.dtype, name="l2")(nn.relu(z))
         return h, z

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -135,6 +136,25 @@ def test_finished_cells_are_kept_not_rerun(tmp_path, monkeypatch):
     report = json.loads((out / "quality.json").read_text())
     assert set(report["table"]["mine"]) == {"mean_image", "zscore", "lesion2void"}
     assert "| mine | lesion2void | 0.900 |" in (out / "quality.md").read_text()
+
+    # A finished cell recorded with other dataset settings is not mixed into the table.
+    ds = quality.user_dataset("folder", str(folder), 64, 0)
+    for method, seed in rows.values():
+        spec = {"dataset": dataclasses.asdict(ds)}
+        (out / "runs" / "mine" / method / f"seed{seed}" / "cell.json").write_text(json.dumps(spec))
+    assert quality.main(["--out", str(out), *flags, "--quick"]) == 0  # the same settings
+    assert quality.main(["--out", str(out), *flags, "--quick", "--fov=eyeq"]) == 1
+    report = json.loads((out / "quality.json").read_text())
+    assert not report["table"] and len(report["failed"]) == 2
+
+
+def test_fov_flag_sets_the_folder_field_of_view(tmp_path):
+    folder = str(_folder(tmp_path / "f", rgb=True))
+    assert "fov" not in quality.user_dataset("folder", folder, 32, 0).data
+    ds = quality.user_dataset("folder", folder, 32, 0, fov="eyeq")
+    assert ds.data["fov"] == "eyeq"
+    for method in (quality.BASELINES, "lesion2void"):
+        assert quality.cell_config(method, ds, seed=0, steps=1).data.fov == "eyeq"
 
 
 def test_a_new_postprocess_row_reevaluates_only_that(tmp_path, monkeypatch):

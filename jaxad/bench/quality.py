@@ -189,8 +189,9 @@ DEMOS = {
 }
 
 
-def user_dataset(kind: str, value: str, size: int, channels: int) -> Dataset:
-    """A `--folder` or `--tfds` dataset; a folder's channels come from its first image."""
+def user_dataset(kind: str, value: str, size: int, channels: int, fov: str = "ones") -> Dataset:
+    """A `--folder` or `--tfds` dataset; a folder's channels come from its first image, its
+    field of view is `fov` (`jaxad.data.fov`: 'eyeq' for fundus photographs)."""
     if kind == "folder":
         root = pathlib.Path(value).expanduser()
         if not (root / "train").is_dir() or not (root / "test").is_dir():
@@ -204,6 +205,8 @@ def user_dataset(kind: str, value: str, size: int, channels: int) -> Dataset:
             with Image.open(first) as im:
                 channels = 3 if im.mode in ("RGB", "RGBA", "P") else 1
         data = {"name": "folder", "root": os.fspath(root.resolve())}
+        if fov != "ones":
+            data["fov"] = fov
         return Dataset(root.name, size, channels, data)
     builder = value.split("/")[0]
     data = {"name": builder, "tfds_name": value}
@@ -498,6 +501,15 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--budget_scale", type=float, default=1.0, help="x the training images seen.")
+    from jaxad.data.fov import FOV_KINDS
+
+    p.add_argument(
+        "--fov",
+        default="ones",
+        choices=FOV_KINDS,
+        help="--folder datasets' field of view, where maps are scored and pixels counted "
+        "(ones: the whole image; eyeq: fundus photographs' circle).",
+    )
     p.add_argument("--quick", action="store_true", help="Tiny data and 2 steps: a smoke run.")
     p.add_argument(
         "--postprocess",
@@ -509,6 +521,16 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--_cell", help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def _jsonable(ds: Dataset) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(ds)))
+
+
+def _measured_on(workdir: pathlib.Path) -> dict | None:
+    """The dataset spec a finished cell was measured on (None before cells recorded it)."""
+    spec = workdir / "cell.json"
+    return json.loads(spec.read_text()).get("dataset") if spec.exists() else None
 
 
 def _error(msg: str) -> int:
@@ -526,7 +548,7 @@ def _datasets(args: argparse.Namespace, out: pathlib.Path) -> list[Dataset]:
     builtin = len(found)
     for kind, values in (("folder", args.folder), ("tfds", args.tfds)):
         for value in values:
-            ds = user_dataset(kind, value, args.image_size, args.channels)
+            ds = user_dataset(kind, value, args.image_size, args.channels, args.fov)
             # A dataset's name is its folder under DIR/runs, where finished cells are reused.
             if ds.name in DEMOS or any(ds.name == f.name for f in found):
                 what = "a built-in dataset's" if ds.name in DEMOS else "another dataset's"
@@ -581,6 +603,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         label += "" if method == BASELINES else f" / seed {seed}"
         done = workdir / RESULT
         previous = json.loads(done.read_text()) if done.exists() else None
+        if previous is not None and _measured_on(workdir) not in (None, _jsonable(ds)):
+            failed.append(label)
+            _log(
+                f"{label}: FAILED: {workdir} was measured with other settings of "
+                f"{ds.name!r} (e.g. --fov); give another --out"
+            )
+            continue
         rows = [] if method == BASELINES else [method, *(row_name(method, p) for p in posts)]
         if previous is None or any(r not in previous for r in rows):
             _log(f"{label}: running ({steps} steps of {BATCH}; log in {workdir}/log.txt)")

@@ -137,15 +137,20 @@ def test_finished_cells_are_kept_not_rerun(tmp_path, monkeypatch):
     assert set(report["table"]["mine"]) == {"mean_image", "zscore", "lesion2void"}
     assert "| mine | lesion2void | 0.900 |" in (out / "quality.md").read_text()
 
-    # A finished cell recorded with other dataset settings is not mixed into the table.
+    # A finished cell recorded with other settings is not mixed into the table.
     ds = quality.user_dataset("folder", str(folder), 64, 0)
     for method, seed in rows.values():
-        spec = {"dataset": dataclasses.asdict(ds)}
+        spec = {"dataset": dataclasses.asdict(ds), "steps": 2}
         (out / "runs" / "mine" / method / f"seed{seed}" / "cell.json").write_text(json.dumps(spec))
     assert quality.main(["--out", str(out), *flags, "--quick"]) == 0  # the same settings
-    assert quality.main(["--out", str(out), *flags, "--quick", "--fov=eyeq"]) == 1
-    report = json.loads((out / "quality.json").read_text())
-    assert not report["table"] and len(report["failed"]) == 2
+    for other in ("--fov=eyeq", "--image_size=32"):
+        assert quality.main(["--out", str(out), *flags, "--quick", other]) == 1
+        report = json.loads((out / "quality.json").read_text())
+        assert not report["table"] and len(report["failed"]) == 2
+    # And another budget (steps; --quick trains 2).
+    spec["steps"] = 200
+    (out / "runs" / "mine" / "lesion2void" / "seed0" / "cell.json").write_text(json.dumps(spec))
+    assert quality.main(["--out", str(out), *flags, "--quick"]) == 1
 
 
 def test_fov_flag_sets_the_folder_field_of_view(tmp_path):

@@ -523,14 +523,18 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _jsonable(ds: Dataset) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(ds)))
+def _settings(ds: Dataset, steps: int) -> dict:
+    """What makes a cell's result: its dataset's spec and its training steps."""
+    return {"dataset": json.loads(json.dumps(dataclasses.asdict(ds))), "steps": steps}
 
 
-def _measured_on(workdir: pathlib.Path) -> dict | None:
-    """The dataset spec a finished cell was measured on (None before cells recorded it)."""
+def _measured_with(workdir: pathlib.Path) -> dict | None:
+    """`_settings` of a finished cell, from its cell.json (None without one)."""
     spec = workdir / "cell.json"
-    return json.loads(spec.read_text()).get("dataset") if spec.exists() else None
+    if not spec.exists():
+        return None
+    spec = json.loads(spec.read_text())
+    return {"dataset": spec.get("dataset"), "steps": spec.get("steps")}
 
 
 def _error(msg: str) -> int:
@@ -603,11 +607,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         label += "" if method == BASELINES else f" / seed {seed}"
         done = workdir / RESULT
         previous = json.loads(done.read_text()) if done.exists() else None
-        if previous is not None and _measured_on(workdir) not in (None, _jsonable(ds)):
+        if previous is not None and _measured_with(workdir) not in (None, _settings(ds, steps)):
             failed.append(label)
             _log(
-                f"{label}: FAILED: {workdir} was measured with other settings of "
-                f"{ds.name!r} (e.g. --fov); give another --out"
+                f"{label}: FAILED: {workdir} was measured with other settings (dataset "
+                f"{ds.name!r}, --fov, --budget_scale or --image_size); give another --out"
             )
             continue
         rows = [] if method == BASELINES else [method, *(row_name(method, p) for p in posts)]

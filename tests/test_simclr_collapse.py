@@ -125,39 +125,48 @@ def write_mni_volumes(root, n: int = 16, size: int = 48, seed: int = 0) -> None:
         nib.save(nib.Nifti1Image(v, np.eye(4)), str(root / f"sub{i:02d}.nii.gz"))
 
 
-@pytest.mark.slow
-def test_demo_simclr_loss_falls_on_real_anatomy(tmp_path, monkeypatch, caplog):
-    """configs/simclr_vgg19.py:demo on 16 MNI152 volumes (48^3) through the loop: the logged
-    loss ends below log(2B - 1), the embeddings spread, and the loop logs no collapse. (Seed 0:
-    some initialisations of the demo's small network stay collapsed, see the README.)"""
+def train_demo_simclr(tmp_path, monkeypatch, caplog, root, steps: int, **overrides) -> list:
+    """configs/simclr_vgg19.py:demo on the NIfTI volumes in `root` through the loop for `steps`
+    steps (logged every 10, collapse patience 2); returns the logged training rows, and checks
+    that the loop logged no collapse warning."""
+    import json
+
     from configs import simclr_vgg19
-    from jaxad import train
+    from jaxad import run_config, train
 
     monkeypatch.setenv("JAXAD_DATA_DIR", str(tmp_path / "cache"))
-    root = tmp_path / "volumes"
-    root.mkdir()
-    write_mni_volumes(root)
     c = simclr_vgg19.get_config("demo")
     c.data.name = "nifti_folder"
     c.data.root = str(root)
     c.data.resize = 0
     c.data.num_workers = 0
-    c.total_steps = 60
+    c.total_steps = steps
     c.log_every = 10
     c.validation.every = 0
-    c.checkpoint_every = 60
+    c.checkpoint_every = steps
     c.collapse.patience = 2
+    run_config.override(c, overrides)
     with caplog.at_level(logging.WARNING, logger="jaxad"):
         train.run(c, str(tmp_path / "run"))
-    import json
-
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     logged = [r for r in rows if "spread" in r]
-    assert logged[-1]["step"] == 60
+    assert logged[-1]["step"] == steps
+    assert not [r for r in caplog.records if "collapsed" in r.getMessage()]
+    return logged
+
+
+@pytest.mark.slow
+def test_demo_simclr_loss_falls_on_real_anatomy(tmp_path, monkeypatch, caplog):
+    """configs/simclr_vgg19.py:demo on 16 MNI152 volumes (48^3) through the loop: the logged
+    loss ends below log(2B - 1), the embeddings spread, and the loop logs no collapse. (Seed 0:
+    some initialisations of the demo's small network stay collapsed, see the README.)"""
+    root = tmp_path / "volumes"
+    root.mkdir()
+    write_mni_volumes(root)
+    logged = train_demo_simclr(tmp_path, monkeypatch, caplog, root, 60)
     tail = [r["loss"] for r in logged[-3:]]
     assert max(tail) < 0.97 * LEVEL, tail
     assert min(r["spread"] for r in logged[-3:]) > 0.1
-    assert not [r for r in caplog.records if "collapsed" in r.getMessage()]
 
 
 def write_rigid_mni_volumes(root, n: int = 16, size: int = 128, seed: int = 1) -> None:
@@ -194,33 +203,11 @@ def test_batch_normalised_head_does_not_collapse_where_the_forks_head_does(
     step and the loss falls below log(2B - 1). With the fork's head this seed collapses within
     5 steps on these volumes (measured; not asserted: where a run falls is platform-numerics
     dependent)."""
-    import json
-
-    from configs import simclr_vgg19
-    from jaxad import train
-
-    monkeypatch.setenv("JAXAD_DATA_DIR", str(tmp_path / "cache"))
     root = tmp_path / "volumes"
     root.mkdir()
     write_rigid_mni_volumes(root)
-    c = simclr_vgg19.get_config("demo")
-    c.data.name = "nifti_folder"
-    c.data.root = str(root)
-    c.data.resize = 0
-    c.data.min_nonzero = 1000
-    c.data.num_workers = 0
-    c.model.head_norm = "batch"
-    c.total_steps = 100
-    c.log_every = 10
-    c.validation.every = 0
-    c.checkpoint_every = 100
-    c.collapse.patience = 2
-    with caplog.at_level(logging.WARNING, logger="jaxad"):
-        train.run(c, str(tmp_path / "run"))
-    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
-    logged = [r for r in rows if "spread" in r]
-    assert logged[-1]["step"] == 100
+    overrides = {"data.min_nonzero": 1000, "model.head_norm": "batch"}
+    logged = train_demo_simclr(tmp_path, monkeypatch, caplog, root, 100, **overrides)
     assert min(r["spread"] for r in logged) > 0.1, [r["spread"] for r in logged]
     late = [r["loss"] for r in logged if r["step"] >= 50]
     assert np.mean(late) < 0.99 * LEVEL, late
-    assert not [r for r in caplog.records if "collapsed" in r.getMessage()]

@@ -2,7 +2,7 @@ r"""`python -m jaxad.bench quality`: every anomaly-map method and both baselines
 
   python -m jaxad.bench quality --out=DIR [--datasets=fundus,dbt,cxr,brain] [--folder=DIR ...]
       [--tfds=NAME/CONFIG ...] [--methods=lesion2void,picard,dpa,morphaeus] [--seeds=3]
-      [--budget_scale=1.0] [--quick]
+      [--budget_scale=1.0] [--fov=ones] [--quick]
 
 Each paper reported its method on its own data, split and scores. Here each method is trained
 from its demo config (`configs/<method>.py:demo`: the networks, losses and settings that work on
@@ -13,8 +13,9 @@ training images seen, seeds 0..n-1), then scored by the same evaluator. Per data
   with masses, `jaxad.data.phantom`), `cxr` (chest X-ray phantoms with opacities, nodules and
   effusions, `jaxad.data.cxr_phantom`) and `brain` (axial slices of brain phantom volumes,
   `jaxad.data.brain_phantom`, with `jaxad.mood.synth`'s anomalies), each made once and resized
-  to `--image_size` (64) into DIR/data; `--folder` (an MVTec-layout folder) and `--tfds` (a
-  built dataset with a labelled test split), read at that size;
+  to `--image_size` (64) into DIR/data; `--folder` (an MVTec-layout folder, its field of view
+  `--fov`: the whole image, or 'eyeq' for fundus photographs) and `--tfds` (a built dataset
+  with a labelled test split), read at that size;
 - methods: Lesion2Void, PICARD (windows of half the image, scored over the whole image), the DPA
   in 2-D (with a fixed-seed random VGG19 as perceptual network: no SimCLR run is trained here)
   and MorphAEus (grey images: colour ones are read as luma); the baselines (distance from the mean
@@ -32,7 +33,9 @@ normal validation images, and image scores taken as SCORE ('method', 'max', 'mea
 
 DIR/runs/<dataset>/<method>/seed<k> is each cell's workdir (each trains in its own process) and
 its `result.json` marks it done: a rerun of the command skips finished cells and resumes an
-unfinished one from its last checkpoint. DIR/quality.json and DIR/quality.md hold the table.
+unfinished one from its last checkpoint. A finished cell measured with other settings (its
+dataset's, or another budget) is reported as failed, not mixed into the table.
+DIR/quality.json and DIR/quality.md hold the table.
 """
 
 from __future__ import annotations
@@ -491,6 +494,8 @@ def _log(msg: str) -> None:
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    from jaxad.data.fov import FOV_KINDS
+
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="Output folder (data, runs, quality.json/.md).")
     p.add_argument("--datasets", default=",".join(DEMO_DATASETS), help="Built-in ('' none).")
@@ -501,8 +506,6 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--budget_scale", type=float, default=1.0, help="x the training images seen.")
-    from jaxad.data.fov import FOV_KINDS
-
     p.add_argument(
         "--fov",
         default="ones",

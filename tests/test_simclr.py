@@ -385,7 +385,10 @@ def test_eval_loss_is_each_examples_share_of_nt_xent():
 
     def projections(params, key, images, valid=None):  # stands in for the network
         seen.append((params, key, images.shape))
+        passed.append(None if valid is None else np.asarray(valid).tolist())
         return z1, z2
+
+    passed = []
 
     method.projections = projections
     state = {"model": {"params": "p"}}
@@ -396,6 +399,7 @@ def test_eval_loss_is_each_examples_share_of_nt_xent():
     np.testing.assert_allclose(loss.mean(), perceptual.nt_xent(z1, z2, 0.5), rtol=1e-5)
     padded = method.eval_loss(state, {"image": image, "valid": jnp.array([1, 1, 1, 0], bool)}, key)
     assert float(padded[3]) == 0.0
+    assert passed[-1] == [True, True, True, False]  # a batch-normalised head leaves padding out
     np.testing.assert_allclose(
         padded[:3], simclr.nt_xent_per_example(z1[:3], z2[:3], 0.5), rtol=1e-5
     )

@@ -210,7 +210,9 @@ class SimCLR(Method):
         """Batch images back to the [0, 1] scale the augmentation and the VGG expect."""
         return images * self.std + self.mean
 
-    def projections(self, params, key: jax.Array, images: jax.Array, valid=None):
+    def projections(
+        self, params, key: jax.Array, images: jax.Array, valid: jax.Array | None = None
+    ):
         """(z1, z2): the projections of two random views of each normalised image (`valid` [B]
         keeps padding rows out of a batch-normalised head's statistics)."""
         v1, v2 = augment.two_views(key, self.unit_images(images), self.aug)
@@ -250,7 +252,7 @@ class SimCLR(Method):
     def collapse_hint(self) -> str:
         """What the collapse warning suggests: the batch-normalised head when the run has not
         got it, else another seed."""
-        if self.config.model.get("head_norm", "none") == "none":
+        if self.model.head_norm == "none":
             return "rerun with --config.model.head_norm=batch (or another config.seed)"
         return "rerun with another config.seed"
 

@@ -15,6 +15,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -186,7 +187,11 @@ def test_peak_rss_and_other_load():
         rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
     assert timing.peak_rss_bytes() >= rss > 0
     load = timing.OtherLoad()
-    sum(i * i for i in range(200_000))  # some CPU time of our own
+    # Some CPU time of our own, over a window long enough that /proc/stat's 10 ms ticks do not
+    # swamp it (a 20 ms window read 2.83 other CPUs on 2).
+    end = time.perf_counter() + 0.5
+    while time.perf_counter() < end:
+        sum(i * i for i in range(20_000))
     other = load.cpus()
     assert other is None or 0 <= other <= os.cpu_count()
     assert timing.cpu_sec() > 0

@@ -56,13 +56,19 @@ def subject(template: np.ndarray, size: int, rng: np.random.Generator) -> np.nda
 
 
 def make_population(root: pathlib.Path, size: int, n_train: int, n_test: int, seed: int) -> None:
-    """`root/train` and `root/test` as `jaxad.mood.demo` reads a population (made once)."""
+    """`root/train` and `root/test` as `jaxad.mood.demo` reads a population (made once; one
+    made with other settings is refused, so that results never mix two populations)."""
     import nibabel as nib
     from nilearn import datasets
 
     from jaxad.data import demo
 
+    info = {"seed": seed, "size": size, "n_train": n_train, "n_test": n_test, "source": "MNI152"}
     if (root / demo.MARKER).exists():
+        made = json.loads((root / demo.MARKER).read_text())
+        if made != info:
+            diff = ", ".join(f"{k}={made.get(k)}" for k in info if made.get(k) != info[k])
+            raise ValueError(f"{root} was made with {diff}: give another --out or those flags")
         return
     template = datasets.load_mni152_template(resolution=2).get_fdata().astype(np.float32)
     template /= template.max()
@@ -72,7 +78,6 @@ def make_population(root: pathlib.Path, size: int, n_train: int, n_test: int, se
         for i in range(n):
             v = subject(template, size, rng)
             nib.save(nib.Nifti1Image(v, np.eye(4)), str(root / split / f"mni_{i:03d}.nii.gz"))
-    info = {"seed": seed, "size": size, "n_train": n_train, "n_test": n_test, "source": "MNI152"}
     (root / demo.MARKER).write_text(json.dumps(info, indent=1) + "\n")
 
 
@@ -97,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
 
     out = pathlib.Path(args.out).expanduser()
     population = out / "population"
-    make_population(population, args.size, args.n_train, args.n_test, args.seed)
+    try:
+        make_population(population, args.size, args.n_train, args.n_test, args.seed)
+    except ValueError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
     summary = mood_demo.run_demo(
         out / f"run_{args.head_norm}",
         steps_scale=args.steps_scale,

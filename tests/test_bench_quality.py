@@ -216,6 +216,8 @@ def test_postprocess_flag():
         (["--datasets="], "no dataset"),
         (["--folder=FOLDER/fundus"], "its name 'fundus' is a built-in dataset's"),
         (["--datasets=", "--folder=FOLDER/x", "--folder=FOLDER/y/x"], "another dataset's"),
+        (["--datasets=fundus", "--fov=eyeq"], "--fov=eyeq: applies to --folder datasets only"),
+        (["--datasets=", "--tfds=eyeq/64", "--fov=eyeq"], "--fov=eyeq: applies to --folder"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, flags, message):

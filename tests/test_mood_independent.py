@@ -42,3 +42,18 @@ def test_subjects_vary_and_the_population_is_used_as_it_is(tmp_path):
     # The demo pipeline takes the folder as it is (no procedural heads written over it).
     assert brain_phantom.ensure_brain_demo(root, seed=3) == root
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.nii.gz")) == files
+
+
+def test_a_population_made_with_other_settings_is_refused(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("nilearn.datasets")
+    mi = _load()
+    root = tmp_path / "out" / "population"
+    mi.make_population(root, size=16, n_train=1, n_test=1, seed=0)
+    mi.make_population(root, size=16, n_train=1, n_test=1, seed=0)  # the same: kept
+    with pytest.raises(ValueError, match="made with size=16: give another --out"):
+        mi.make_population(root, size=24, n_train=1, n_test=1, seed=0)
+    monkeypatch.setattr("jaxad.mood.demo.run_demo", lambda *a, **k: pytest.fail("ran"))
+    argv = ["--out", str(tmp_path / "out"), "--size=16", "--n_train=2", "--n_test=1"]
+    assert mi.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "made with n_train=1" in err and len(err.splitlines()) == 1

@@ -553,6 +553,11 @@ def _datasets(args: argparse.Namespace, out: pathlib.Path) -> list[Dataset]:
             raise ValueError(f"--datasets: unknown {name!r}; built-in: {', '.join(DEMOS)}")
         found.append(dataclasses.replace(DEMOS[name], size=args.image_size))
     builtin = len(found)
+    if args.fov != "ones" and not args.folder:
+        raise ValueError(
+            f"--fov={args.fov}: applies to --folder datasets only (built-in and tfds datasets "
+            "store their own field of view); drop it or give a --folder"
+        )
     for kind, values in (("folder", args.folder), ("tfds", args.tfds)):
         for value in values:
             ds = user_dataset(kind, value, args.image_size, args.channels, args.fov)

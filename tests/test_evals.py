@@ -237,3 +237,34 @@ def test_an_evaluator_per_split_and_per_output(config, tmp_path):
     assert results["num_images"] == 6 and results["split"] == "test"
     assert results["both/num_images"] == 2 + 6 and results["both/split"] == "train+test"
     assert results["neg/image_auroc"] == pytest.approx(1 - results["image_auroc"])
+
+
+class CountsTraces(TwoMaps):
+    """Counts how often `score` is traced, i.e. compiled."""
+
+    def __init__(self):
+        self.traces = 0
+
+    def score(self, state, batch, key):
+        self.traces += 1
+        return super().score(state, batch, key)
+
+
+def test_evaluators_share_one_compiled_score(config, tmp_path):
+    """Every evaluator of a run and normalize='normal''s pass over the validation normals use
+    one jitted `score`: it is traced once, not once per evaluator."""
+    from configs import common
+
+    config.data.image_size = 24
+    config.eval.batch_size = 4
+    config.data.val_split = "train"
+    config.evals = {}
+    config.evals.model = common.anomaly_map_eval()
+    config.evals.norm = common.anomaly_map_eval(prefix="norm/", normalize="normal")
+    config.evals.neg = common.anomaly_map_eval(prefix="neg/", output="neg")
+    method = CountsTraces()
+    results = evals.run(config, str(tmp_path / "run"), method, None, parallel.make_mesh(), step=0)
+    assert results["norm/num_images"] == results["num_images"] == 6
+    assert method.traces == 1
+    evals.run(config, str(tmp_path / "run"), method, None, parallel.make_mesh(), step=1)
+    assert method.traces == 1  # a later evaluation of the same run compiles nothing

@@ -71,9 +71,17 @@ def uses_full_resolution(config: ml_collections.ConfigDict) -> bool:
 
 
 def make_score_fn(method, mesh: Mesh):
-    """Jits `method.score` with the batch and its outputs sharded along the data axis."""
-    score = jax.jit(method.score, out_shardings=parallel.batch_sharded(mesh))
-    return writers.timed_first_call(score, "the scoring function")
+    """Jits `method.score` with the batch and its outputs sharded along the data axis.
+
+    One jitted function per method object and mesh, kept on the method: every evaluator of a
+    run (and the normal maps of `normalize='normal'`) then shares one compilation, where a new
+    `jax.jit` of the bound method would compile it again.
+    """
+    cache = vars(method).setdefault("_score_fns", {})
+    if mesh not in cache:
+        score = jax.jit(method.score, out_shardings=parallel.batch_sharded(mesh))
+        cache[mesh] = writers.timed_first_call(score, "the scoring function")
+    return cache[mesh]
 
 
 def batch_scorer(method, state, mesh: Mesh, seed: int) -> Callable[[dict], dict]:

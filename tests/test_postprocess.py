@@ -120,6 +120,29 @@ def test_normal_stats_from_normal_maps_only():
         postprocess.normalize(np.zeros((1, 4, 4)), out)
 
 
+def test_normal_stats_combine_over_processes():
+    """Two processes' statistics summed; the one that scored no normal image adds zeros of
+    the maps' size, in the same three collective calls."""
+    rng = np.random.default_rng(1)
+    maps = rng.normal(1.0, 0.5, (5, 4, 4))
+    first, empty = postprocess.NormalStats(), postprocess.NormalStats()
+    for m in maps[:3]:
+        first.add(label=0, amap=m)
+    second = postprocess.NormalStats()
+    for m in maps[3:]:
+        second.add(label=0, amap=m)
+    sent = []  # what each process contributes to each collective sum
+    empty.combined(lambda x: sent.append(x) or x, (4, 4))
+    assert [np.shape(x) for x in sent] == [(1,), (4, 4), (4, 4)]
+    assert sent[0][0] == 0 and not sent[1].any() and not sent[2].any()
+    sent.clear()
+    second.combined(lambda x: sent.append(x) or x, (4, 4))
+    out = first.combined(lambda x: x + sent.pop(0), (4, 4))  # process 0's view of the sums
+    assert out.count == 5
+    np.testing.assert_allclose(out.arrays()["mean"], maps.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(out.squares, (maps**2).sum(axis=0), rtol=1e-6)
+
+
 def test_normalize_settings_are_checked():
     config = common.get_config()
     config.evals.model = common.anomaly_map_eval(normalize="zscore")

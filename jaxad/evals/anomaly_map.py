@@ -100,17 +100,12 @@ def normal_stats(ecfg, config, method, state, mesh) -> dict[str, np.ndarray] | N
     stats = postprocess.NormalStats()
     maps_of = _batch_maps(ecfg, method, state, mesh, config)
     core.accumulate_batched(config, split, mesh, maps_of, stats)
-    count = int(core.sum_over_processes(np.array([stats.count]))[0])
-    if not count:
+    stats = stats.combined(core.sum_over_processes, (config.data.image_size,) * 2)
+    if not stats.count:
         raise ValueError(
             f"normalize={normalize(ecfg)!r} needs normal images in split {split!r} "
             "(data.val_split): it has none; add val/good images or set normalize='none'"
         )
-    # A process may have scored no normal image: it adds zeros of the maps' size.
-    none = np.zeros((config.data.image_size,) * 2)
-    stats.total = core.sum_over_processes(none if stats.total is None else stats.total)
-    stats.squares = core.sum_over_processes(none if stats.squares is None else stats.squares)
-    stats.count = count
     return stats.arrays()
 
 

@@ -22,6 +22,8 @@ Order: smoothing, then normalisation, then the image score.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import ndimage
 
@@ -77,6 +79,17 @@ class NormalStats:
 
     def wants_overlay(self, label: int) -> bool:
         return False
+
+    def combined(self, sum_over_processes: Callable, shape: tuple[int, ...]) -> NormalStats:
+        """The statistics of every process (`sum_over_processes`: an array's elementwise sum over
+        processes, called by all of them); a process without normal images adds zeros of
+        `shape`, the maps' size."""
+        out = NormalStats()
+        none = np.zeros(shape)
+        out.count = int(sum_over_processes(np.array([self.count]))[0])
+        out.total = sum_over_processes(none if self.total is None else self.total)
+        out.squares = sum_over_processes(none if self.squares is None else self.squares)
+        return out
 
     def arrays(self) -> dict[str, np.ndarray]:
         """{'mean', 'scale'} [H, W] float32: the normal maps' mean and floored spread."""

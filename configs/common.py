@@ -195,6 +195,7 @@ def anomaly_map_eval(
     normalize: str = "none",
     image_score: str = "method",
     top_k: float = 0.01,
+    drop_largest: int = 1,
 ) -> ml_collections.ConfigDict:
     """The method's anomaly maps (`score`, or `dense_map` at each image's own resolution).
 
@@ -203,8 +204,10 @@ def anomaly_map_eval(
     (`jaxad.evals.postprocess`): a Gaussian of `smooth_sigma` px on each map (0: off), then
     `normalize='normal'` divides each pixel's deviation from the normal validation maps' mean
     by their spread there (needs normal images in `data.val_split`; 'none': off), then the
-    image score: 'method' (the method's own), 'max', 'mean' or 'topk_mean' (the mean of the
-    highest `top_k` fraction of pixels), over the field of view.
+    image score: 'method' (the method's own), 'max', 'mean', 'topk_mean' (the mean of the
+    highest `top_k` fraction of pixels) or 'components' (the map summed over its above-Otsu
+    blobs but the `drop_largest` largest, Lesion2Void's original post-processing), over the
+    field of view.
     """
     return ml_collections.ConfigDict(
         dict(
@@ -217,6 +220,7 @@ def anomaly_map_eval(
             normalize=normalize,
             image_score=image_score,
             top_k=top_k,
+            drop_largest=drop_largest,
         )
     )
 

@@ -13,9 +13,9 @@ threshold) and `OUT/<relative path>_anomalous.png`, the pixels at or above the p
 Runs evaluated at full resolution (an `anomaly_map` evaluator with `full_resolution=True`:
 window-based methods such as PICARD) score each image at its own resolution instead, one at a
 time, with `method.dense_map`, and the image score is the map's maximum. The run's evaluator
-post-processing (`evals.model.smooth_sigma`, `normalize`, `image_score`, `top_k`;
-`jaxad.evals.postprocess`) is applied as in evaluation, with the normal statistics the
-evaluation saved (`eval/normal_maps.npz`).
+post-processing (`evals.model.smooth_sigma`, `normalize`, `image_score`, `top_k`,
+`drop_largest`; `jaxad.evals.postprocess`) is applied as in evaluation, with the normal
+statistics the evaluation saved (`eval/normal_maps.npz`).
 
 The images are verified first (`jaxad.data.folder.check_images`): undecodable ones stop the
 run, all named at once, or are left out with a warning when the run's `data.on_corrupt` is

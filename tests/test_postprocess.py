@@ -61,6 +61,8 @@ def test_apply_keeps_the_method_by_default():
         ({"smooth_sigma": -1.0}, "config.evals.model.smooth_sigma=-1.0"),
         ({"image_score": "p99"}, "config.evals.model.image_score='p99'"),
         ({"top_k": 0.0}, "config.evals.model.top_k=0.0"),
+        ({"drop_largest": -1}, "config.evals.model.drop_largest=-1"),
+        ({"drop_largest": 1.5}, "config.evals.model.drop_largest=1.5"),
     ],
 )
 def test_bad_settings_are_one_line_errors(change, message):
@@ -69,6 +71,38 @@ def test_bad_settings_are_one_line_errors(change, message):
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")) as e:
         anomaly_map.check(config.evals.model, config, method=None)
     assert "\n" not in str(e.value)
+
+
+def test_components_score_is_the_fundus_post_processing_on_any_map():
+    """'components' equals Lesion2Void's original score (jaxad.ops.fundus_score) on a map whose
+    field of view is the original's circle, and the `drop_largest` largest blobs, the place
+    where every normal map is high, do not count."""
+    from jaxad.ops import fundus_score
+
+    rng = np.random.default_rng(0)
+    size, radius = 48, 20
+    circle = fundus_score.fov_circle(size, size, radius)
+    amap = rng.random((size, size)) ** 4  # a noisy residual with blobs above Otsu
+    amap[circle.nonzero()[0][0], circle.nonzero()[1][0]] = 0.0  # its range inside: [0, 1]
+    amap[circle.nonzero()[0][-1], circle.nonzero()[1][-1]] = 1.0
+    amap[~circle] = 0.5
+    for drop in (0, 1, 3):
+        want = fundus_score.postprocess_score(
+            amap[..., None], channel=0, radius=radius, rank_lo=drop, rank_hi=drop + 70
+        )
+        got = postprocess.image_scores(amap[None], circle[None], "components", drop_largest=drop)
+        assert got[0] == pytest.approx(want, rel=1e-5), drop
+    # An optic disc in every image, a small lesion in one: dropping the largest blob leaves
+    # the lesion; scoring every blob ranks the images by their discs' brightness.
+    maps = np.zeros((2, 32, 32), np.float32)
+    maps[0, 4:12, 4:12], maps[1, 20:28, 3:11] = 1.0, 0.9
+    maps[1, 20:23, 20:23] = 0.8
+    fov = np.ones_like(maps)
+    dropped = postprocess.image_scores(maps, fov, "components", drop_largest=1)
+    assert dropped[0] == 0.0 and dropped[1] == pytest.approx(9 * 0.8 / 0.9, rel=1e-5)
+    kept = postprocess.image_scores(maps, fov, "components", drop_largest=0)
+    assert kept[0] == pytest.approx(64.0) and kept[1] == pytest.approx(64 + 9 * 0.8 / 0.9)
+    assert postprocess.image_scores(np.ones((1, 8, 8)), fov[:1, :8, :8], "components")[0] == 0
 
 
 def test_the_evaluator_uses_the_settings(monkeypatch):
@@ -226,3 +260,26 @@ def test_predict_reads_the_saved_statistics(tmp_path):
     np.testing.assert_array_equal(post["normal"]["scale"], np.ones((3, 3)))
     config.evals.model.normalize = "none"
     assert "normal" not in predict._post_settings(str(tmp_path), config)
+
+
+def test_predict_scores_as_the_evaluation_did():
+    """predict's post-processing is the run's own evaluator's, `drop_largest` included; a run
+    saved before these options gets the defaults."""
+    from jaxad import predict
+
+    config = common.get_config()
+    config.evals.model = common.anomaly_map_eval(image_score="components", drop_largest=2)
+    post = predict._post_settings("unused", config)
+    assert post == {"sigma": 0.0, "kind": "components", "top_k": 0.01, "drop_largest": 2}
+    maps = np.zeros((1, 16, 16), np.float32)
+    maps[0, 1:5, 1:5], maps[0, 8:11, 8:11], maps[0, 13:15, 13:15] = 1.0, 1.0, 1.0
+    _, scores = postprocess.apply(maps, [0.0], np.ones_like(maps), **post)
+    assert scores[0] == pytest.approx(4.0)  # the 2 x 2 blob: the two larger ones dropped
+    for key in ("image_score", "top_k", "drop_largest"):
+        del config.evals.model[key]
+    assert anomaly_map.settings(config) == {
+        "sigma": 0.0,
+        "kind": "method",
+        "top_k": 0.01,
+        "drop_largest": 1,
+    }

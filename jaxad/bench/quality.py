@@ -29,7 +29,8 @@ Results are the mean and the sample standard deviation over seeds.
 `--postprocess=SIGMA:SCORE[:normal]` adds a row per method and option: the same trained state's
 maps smoothed by a Gaussian of SIGMA px, with ':normal' normalised per pixel by the maps of the
 normal validation images, and image scores taken as SCORE ('method', 'max', 'mean',
-'topk_mean'; `jaxad.evals.postprocess`), evaluated after the plain row.
+'topk_mean' of the top 1 %, 'components' with the largest blob dropped;
+`jaxad.evals.postprocess`), evaluated after the plain row.
 
 DIR/runs/<dataset>/<method>/seed<k> is each cell's workdir (each trains in its own process) and
 its `result.json` marks it done: a rerun of the command skips finished cells and resumes an
@@ -520,7 +521,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         default=[],
         help="SIGMA:SCORE[:normal] (e.g. 2:max): one more row per method, its maps smoothed by "
         "a Gaussian of SIGMA px, with ':normal' normalised by normal validation maps, and "
-        "scored by SCORE (method, max, mean, topk_mean); repeatable.",
+        "scored by SCORE (method, max, mean, topk_mean, components); repeatable.",
     )
     p.add_argument("--_cell", help=argparse.SUPPRESS)
     return p.parse_args(argv)

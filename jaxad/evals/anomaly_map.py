@@ -6,11 +6,12 @@ resized to `data.image_size` in global batches with `method.score` (image scores
 (window-based methods such as PICARD on 2000 x 2500 px slices), the image score being the
 map's maximum inside the field of view. `output` names another map of `score`'s outputs
 (`<output>` [B, H, W] with its image scores `<output>_score` [B]), e.g. a variant trained in
-the same run. `smooth_sigma`, `normalize`, `image_score` and `top_k` post-process the maps and
-image scores before the metrics (`jaxad.evals.postprocess`; the defaults leave the method's
-own). `normalize='normal'` first scores the normal images of `data.val_split` for the per-pixel
-statistics and saves them with the evaluation (`eval/<prefix>normal_maps.npz`), where
-`jaxad.predict` reads them. Metrics: `jaxad.evals.core.MapAccumulator`.
+the same run. `smooth_sigma`, `normalize`, `image_score`, `top_k` and `drop_largest`
+post-process the maps and image scores before the metrics (`jaxad.evals.postprocess`; the
+defaults leave the method's own). `normalize='normal'` first scores the normal images of
+`data.val_split` for the per-pixel statistics and saves them with the evaluation
+(`eval/<prefix>normal_maps.npz`), where `jaxad.predict` reads them. Metrics:
+`jaxad.evals.core.MapAccumulator`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ def check(ecfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict, me
     name = next((n for n, e in config.evals.items() if e is ecfg), "<anomaly_map>")
     post = _post(ecfg)
     postprocess.check(
-        post["sigma"], post["kind"], post["top_k"], f"config.evals.{name}", normalize(ecfg)
+        post["sigma"],
+        post["kind"],
+        post["top_k"],
+        f"config.evals.{name}",
+        normalize(ecfg),
+        post["drop_largest"],
     )
     if normalize(ecfg) != "none" and ecfg.full_resolution:
         raise ValueError(
@@ -57,15 +63,17 @@ def settings(config: ml_collections.ConfigDict) -> dict:
     """The post-processing of the run's own maps (keyword arguments of `postprocess.apply`
     but the normal statistics), so that prediction makes the maps that evaluation scored."""
     own = own_evaluator(config)
-    return _post(own) if own is not None else {"sigma": 0.0, "kind": "method", "top_k": 0.01}
+    return _post(own if own is not None else ml_collections.ConfigDict())
 
 
 def _post(ecfg) -> dict:
-    """sigma, kind, top_k of `postprocess.apply`, with the defaults for configs saved before."""
+    """sigma, kind, top_k, drop_largest of `postprocess.apply`, with the defaults for configs
+    saved before."""
     return {
         "sigma": float(ecfg.get("smooth_sigma", 0.0)),
         "kind": str(ecfg.get("image_score", "method")),
         "top_k": float(ecfg.get("top_k", 0.01)),
+        "drop_largest": ecfg.get("drop_largest", 1),
     }
 
 
@@ -131,7 +139,7 @@ def accumulate(
     """Adds the maps of `split`, made and post-processed as `ecfg` says (normalised by
     `normal`, `normal_stats`'s), to `acc`."""
     post = _post(ecfg)
-    sigma, kind, top_k = post["sigma"], post["kind"], post["top_k"]
+    sigma, kind = post["sigma"], post["kind"]
     if ecfg.full_resolution:
         key = jax.random.fold_in(jax.random.key(config.seed), 2)
 
@@ -140,7 +148,9 @@ def accumulate(
             return postprocess.smooth(amap, sigma)
 
         def score_of(amap, fov):
-            return postprocess.image_scores(amap[None], fov[None], kind, top_k)[0]
+            return postprocess.image_scores(
+                amap[None], fov[None], kind, post["top_k"], post["drop_largest"]
+            )[0]
 
         score = None if kind == "method" else score_of
         core.accumulate_full_resolution(config, split, map_of, acc, score_of=score)

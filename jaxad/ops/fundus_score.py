@@ -32,6 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "component_sum",
     "fov_circle",
     "keep_ranked_components",
     "otsu_threshold",
@@ -166,6 +167,12 @@ def postprocess_score(
         radius = scaled_radius(h, w)
     # The original's circle is float64, which lifts the product (and the uint8 rounding) to float64.
     diff = np.where(fov_circle(h, w, radius), normed.astype(np.float64), 0.0)
+    return component_sum(diff, rank_lo, rank_hi)
+
+
+def component_sum(diff: np.ndarray, rank_lo: int, rank_hi: int) -> float:
+    """Steps 4-7 on a map `diff` [H, W] in [0, 1] (zero outside its field of view): the sum of
+    `diff` over the above-Otsu components of size rank rank_lo..rank_hi-1."""
     image = (diff * 255.0).astype(np.uint8)
     foreground = image > otsu_threshold(image)
     kept = keep_ranked_components(foreground, rank_lo, rank_hi)

@@ -53,6 +53,8 @@ def test_cell_config_shares_the_budget_and_builds(method, dataset):
     assert c.data.channels == (1 if method in quality.GREY_ONLY else ds.channels)
     assert len(c.data.mean) == len(c.data.std) == c.data.channels
     assert list(c.evals) == ["model"] and not c.evals.model.full_resolution
+    # The plain row: the method's own map and image score, whatever its demo config scores.
+    assert (c.evals.model.smooth_sigma, c.evals.model.image_score) == (0.0, "method")
     if method == "picard":
         assert (c.picard.window_size, c.data.crop_size) == (ds.size // 2, ds.size // 2)
     if method == "lesion2void":

@@ -308,7 +308,12 @@ def cell_config(method: str, ds: Dataset, seed: int, steps: int):
             }
         )
         return c
+    # The plain row is each method's own map and image score (a demo config may post-process
+    # its maps: MorphAEus's); `--postprocess` rows add the others.
     c.evals = ml_collections.ConfigDict({"model": c.evals.model})
+    own = common.anomaly_map_eval()
+    for key in ("smooth_sigma", "normalize", "image_score", "top_k", "drop_largest"):
+        c.evals.model[key] = own[key]
     ADAPT[method](c, ds)
     c.evals.model.split = ""
     return c

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -233,6 +234,26 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys, flags, message):
     assert message in err and len(err.splitlines()) == 1
 
 
+def _l2v_components():
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "l2v_components.py"
+    spec = importlib.util.spec_from_file_location("l2v_components", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_l2v_components_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    components = _l2v_components()
+    out = f"--out={tmp_path / 'c.json'}"
+    assert components.main([f"--cells={tmp_path}", out]) == 2
+    assert "has no finished seed<k> cell" in capsys.readouterr().err
+    (tmp_path / "seed0").mkdir()
+    (tmp_path / "seed0" / "result.json").write_text("{}")
+    assert components.main([f"--cells={tmp_path}", out, "--drop=1,-2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--drop=1,-2: integers >= 0" in err and len(err.splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_quality_end_to_end_on_a_folder(tmp_path):
     """Two methods, two seeds, both baselines on a small folder; a rerun runs nothing again."""
@@ -243,6 +264,7 @@ def test_quality_end_to_end_on_a_folder(tmp_path):
     cmd += ["--postprocess=1:max:normal"]  # normalised by the validation normals
     first = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert first.returncode == 0, first.stderr[-3000:]
+    first_result = (out / "runs" / "discs" / "lesion2void" / "seed0" / "result.json").read_text()
     report = json.loads((out / "quality.json").read_text())
     assert report["budget"]["images_seen"] == 2 * quality.BATCH
     table = report["table"]["discs"]
@@ -263,3 +285,13 @@ def test_quality_end_to_end_on_a_folder(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert again.returncode == 0 and "running" not in again.stderr
     assert again.stderr.count("done before, kept") == 5
+    # Lesion2Void's original score at other component ranks, on the same trained cells.
+    components = _l2v_components()
+    cells = out / "runs" / "discs" / "lesion2void"
+    assert components.main([f"--cells={cells}", f"--out={tmp_path / 'c.json'}", "--drop=0,1"]) == 0
+    result = json.loads((tmp_path / "c.json").read_text())
+    for drop in ("0", "1"):
+        assert set(result["by_drop"][drop]["cells"]) == {"seed0", "seed1"}
+        image = result["by_drop"][drop]["summary"]["image_auroc"]
+        assert 0 <= image["mean"] <= 1 and np.isfinite(image["std"])
+    assert (cells / "seed0" / "result.json").read_text() == first_result  # cells untouched

@@ -18,9 +18,10 @@ defaults leave the method's own map and score untouched.
   cannot set), or 'components', each over the field of view. 'components' is Lesion2Void's
   original post-processing (`jaxad.ops.fundus_score`) on any map: the map min-max normalised
   inside the field of view, Otsu's threshold, the 8-connected components above it ranked by
-  size, the `drop_largest` largest dropped and the map summed over the next 70. Normal anatomy
-  that leaves a residual in every image (the optic disc; the original drops 30 components of
-  224 px photographs as disc, vessels and rim) is then not counted, and lesions are.
+  size, the `drop_largest` largest dropped and the map summed over the next 70, so that normal
+  anatomy leaving a large residual in every image (the optic disc; the original drops 30
+  components of 224 px photographs as disc, vessels and rim) does not count. Whether it helps
+  depends on the method and data (bench/README.md, "Independent test sets").
 
 Order: smoothing, then normalisation, then the image score.
 """

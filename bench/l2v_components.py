@@ -25,23 +25,22 @@ import shutil
 import sys
 
 PROG = "bench/l2v_components.py"
-KEPT = 70  # components summed after the dropped ones, as the original (ranks 30..99)
 
 
 def score_cell(cell: pathlib.Path, work: pathlib.Path, drop: int) -> dict[str, float]:
     """Image and pixel AUROC of one trained cell with the original score at `drop`."""
     from jaxad import train
     from jaxad.bench import quality
+    from jaxad.evals import postprocess
 
     spec = json.loads((cell / "cell.json").read_text())
-    saved = spec["dataset"]
-    ds = quality.Dataset(**{**saved, "mean": tuple(saved["mean"]), "std": tuple(saved["std"])})
+    ds = quality.Dataset.from_json(spec["dataset"])
     if not (work / "checkpoints").exists():
         shutil.copytree(cell / "checkpoints", work / "checkpoints")
     c = quality.cell_config("lesion2void", ds, spec["seed"], spec["steps"])
     c.score.image_score, c.score.radius = "postprocess", 0
     c.score.channel = 1 if c.data.channels == 3 else 0  # green, or the only channel
-    c.score.rank_lo, c.score.rank_hi = drop, drop + KEPT
+    c.score.rank_lo, c.score.rank_hi = drop, drop + postprocess.KEPT_COMPONENTS
     c.mode, c.eval.enabled = "eval", True
     train.run(c, os.fspath(work))
     m = json.loads((work / "eval" / "metrics.json").read_text())
@@ -66,18 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"{PROG}: error: --drop={args.drop}: integers >= 0, e.g. 1,2,30", file=sys.stderr)
         return 2
-    import numpy as np
+    from jaxad.bench import quality
 
     out = pathlib.Path(args.out).expanduser()
+    work = out.parent / f"{out.stem}_work"
     result: dict = {"cells": os.fspath(cells_dir), "by_drop": {}}
     for drop in drops:
-        work = out.parent / f"{out.stem}_work"
         rows = {c.name: score_cell(c, work / f"{c.name}_drop{drop}", drop) for c in cells}
-        summary = {}
-        for key in ("image_auroc", "pixel_auroc"):
-            values = np.array([r[key] for r in rows.values()])
-            spread = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            summary[key] = {"mean": float(values.mean()), "std": spread}
+        stats = quality.summarise({"cells": {"l2v": list(rows.values())}})["cells"]["l2v"]
+        summary = {key: stats[key] for key in ("image_auroc", "pixel_auroc")}
         result["by_drop"][str(drop)] = {"cells": rows, "summary": summary}
         print(
             f"drop {drop}: image AUROC {summary['image_auroc']['mean']:.3f} "

@@ -88,6 +88,11 @@ class Dataset:
     mean: tuple[float, ...] = ()  # normalisation of methods free to choose it (empty: 0.5)
     std: tuple[float, ...] = ()
 
+    @classmethod
+    def from_json(cls, saved: dict[str, Any]) -> Dataset:
+        """The dataset as a cell's `cell.json` records it (`dataclasses.asdict`)."""
+        return cls(**{**saved, "mean": tuple(saved["mean"]), "std": tuple(saved["std"])})
+
 
 # --- data -----------------------------------------------------------------------------------
 
@@ -335,8 +340,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
 
     from jaxad import evals, parallel, train
 
-    saved = spec["dataset"]
-    ds = Dataset(**{**saved, "mean": tuple(saved["mean"]), "std": tuple(saved["std"])})
+    ds = Dataset.from_json(spec["dataset"])
     workdir = pathlib.Path(spec["workdir"])
     config = cell_config(spec["method"], ds, spec["seed"], spec["steps"])
     if spec["method"] == BASELINES:

@@ -106,13 +106,15 @@ def test_batch_norm_train_and_eval():
 
 
 def test_fast_conv_grad_reaches_every_conv():
-    """Every conv takes the fast kernel gradient when asked (its numerics: tests/test_conv.py)."""
+    """Every conv takes the fast kernel gradient when asked, and the three 1x1 downsampling
+    convs become matrix products (their numerics: tests/test_conv.py)."""
     x = jnp.zeros((2, 16, 16, 3))
-    for fast, expected in ((False, 0), (True, 20), ("by_shape", 12)):
+    for fast, convs, expected in ((False, 20, 0), (True, 17, 17), ("by_shape", 17, 10)):
         model = ResNet(depth=18, width=4, fast_conv_grad=fast)
         variables = _shapes(model, x_shape=x.shape)
         jaxpr = str(jax.make_jaxpr(lambda v, m=model: m.apply(v, x))(variables))
-        assert jaxpr.count("conv_general_dilated") == 20
+        assert jaxpr.count("conv_general_dilated") == convs
+        assert jaxpr.count("dot_general") == 20 - convs
         assert jaxpr.count("custom_vjp_call") == expected
 
 

@@ -19,7 +19,7 @@ standardised, then a new fc).
 `:demo` and `:demo_linear` grade the DR demo photos (no download, a few minutes on 2 CPU
 cores) with the demo pre-training's network (configs/lesioncl.py:demo). The demo's comparison
 of starts (`python -m jaxad.lesions.compare_demo`) uses `:demo_linear`: fine-tuned from random
-weights, this small grader already reaches validation kappas of 0.74 and 0.92 (seeds 1 and 2)
+weights, this small grader reached validation kappas of 0.74 and 0.92 (seeds 1 and 2, dr_v1)
 in its 300 steps, up and down by 0.3-0.5 between validations of 50 photos, so what a start
 brings drowns in that noise; the probe reads the pre-trained features as they are.
 """

@@ -165,7 +165,7 @@ def test_ensure_generates_once(monkeypatch, tmp_path):
     monkeypatch.setattr(dr_demo, "generate_dr_demo", generate)
     monkeypatch.setenv("JAXAD_DATA_DIR", str(tmp_path))
     root = dr_demo.ensure_dr_demo()
-    assert root == tmp_path / "demo" / "dr_v1" and (root / "test" / "4").is_dir()
+    assert root == tmp_path / "demo" / dr_demo.VERSION and (root / "test" / "4").is_dir()
     assert dr_demo.ensure_dr_demo() == root and len(calls) == 1
 
 
@@ -311,3 +311,16 @@ def test_label_fraction_needs_grades(tmp_path):
     assert len(sources.get_source(cfg, "validation")) == 1
     cfg.label_fraction = 1.0
     assert len(sources.get_source(cfg, "train")) == 2
+
+
+def test_artefacts_shade_the_photo_not_its_lesions():
+    """dr_v2's artefacts come after the lesions: same lesions and mask, other pixels, and the
+    outside of the field of view still black; artefacts=False is dr_v1's photo."""
+    shaded, mask, counts = dr_demo.make_graded_fundus(np.random.default_rng(5), 3, 64)
+    plain, plain_mask, plain_counts = dr_demo.make_graded_fundus(
+        np.random.default_rng(5), 3, 64, artefacts=False
+    )
+    assert counts == plain_counts and np.array_equal(mask, plain_mask) and mask.any()
+    changed = np.abs(shaded.astype(int) - plain.astype(int)).max(axis=-1) > 8
+    assert changed.mean() > 0.05
+    assert shaded[0, 0].max() == 0 and shaded[-1, -1].max() == 0

@@ -139,3 +139,29 @@ def test_configs_and_bad_inputs():
         _lesioncl(**{"data.mean": (0.5, 0.5, 0.5)})
     with pytest.raises(ValueError, match="grading.mode"):
         _grader(**{"grading.mode": "probe"})
+
+
+def test_batch_normalised_head_option():
+    """model.head_norm='batch': the head's hidden layer normalised by the batch (padding rows
+    left out), a step lowers the loss, the original has no counterpart to export to, and a
+    typo is a one-line error."""
+    method = _lesioncl(**{"model.head_norm": "batch"})
+    state = method.init(jax.random.key(0), _batch())
+    assert set(state["net"]["params"]["head"]) == {"dense1", "dense1_norm", "dense2"}
+    batch = _batch()
+    losses, step = [], jax.jit(method.train_step)
+    for _ in range(4):
+        state, metrics = step(state, batch, jax.random.key(1))
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < losses[0], losses
+    padded = {**batch, "valid": jnp.asarray([True, True, True, False])}
+    moved = {**padded, "image": padded["image"].at[3].set(1.0 - padded["image"][3])}
+    a = method.eval_loss(state, padded, jax.random.key(2))
+    b = method.eval_loss(state, moved, jax.random.key(2))
+    np.testing.assert_allclose(np.asarray(a)[:3], np.asarray(b)[:3], rtol=1e-5)
+    from jaxad.convert import lesioncl as convert_lesioncl
+
+    with pytest.raises(ValueError, match=r"^model.head_norm='batch': LCL's head has no"):
+        convert_lesioncl.networks(method.config)
+    with pytest.raises(ValueError, match=r"^config.model.head_norm='bn' is not one of"):
+        _lesioncl(**{"model.head_norm": "bn"})

@@ -47,6 +47,11 @@ def resnet_table(depth: int, width: int, prefix: str = "") -> dict[str, str]:
 
 
 def networks(config: ml_collections.ConfigDict) -> tuple[Network, ...]:
+    if config.model.get("head_norm", "none") != "none":
+        raise ValueError(
+            f"model.head_norm={config.model.head_norm!r}: LCL's head has no normalisation, so "
+            "this run has no counterpart in the original (only model.head_norm='none')"
+        )
     depth, width = int(config.model.depth), int(config.model.width)
     return (
         Network(

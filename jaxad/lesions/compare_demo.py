@@ -17,6 +17,12 @@ from the repository's root (the configs are imported from configs/).
 
   python -m jaxad.lesions.compare_demo --workdir=/tmp/lcl_compare [--seed=1] [--grader=demo_linear]
       [--dtype=float32|bfloat16]       # model.dtype of all five runs
+      [--root=DIR]                     # other graded photos in the demo's layout
+      [--starts=scratch,lcl,simclr]    # which graders (and so which pre-trainings) to run
+
+`--root` reads graded photos other than the demo's (`data.root` of all five runs): any folder
+as `jaxad.data.dr_demo.generate_dr_demo` writes it, for example the demo's photos without
+their acquisition artefacts (dr_v1, `generate_dr_demo(DIR, artefacts=False)`).
 """
 
 from __future__ import annotations
@@ -31,30 +37,33 @@ import ml_collections
 
 PRETRAININGS = {"lcl": "demo", "simclr": "demo_simclr"}
 GRADERS = ("demo", "demo_linear")
+STARTS = ("scratch", *PRETRAININGS)
 
 
 def pretraining_config(
-    variant: str, seed: int, dtype: str = "float32"
+    variant: str, seed: int, dtype: str = "float32", root: str = ""
 ) -> ml_collections.ConfigDict:
-    """configs/lesioncl.py:<variant> with `seed` and `model.dtype`."""
+    """configs/lesioncl.py:<variant> with `seed`, `model.dtype` and `data.root`."""
     from configs import lesioncl
 
     config = lesioncl.get_config(variant)
     config.seed = seed
     config.model.dtype = dtype
+    config.data.root = root
     return config
 
 
 def grader_config(
-    grader: str, seed: int, init_from: str = "", dtype: str = "float32"
+    grader: str, seed: int, init_from: str = "", dtype: str = "float32", root: str = ""
 ) -> ml_collections.ConfigDict:
-    """configs/dr_grading.py:<grader> with `seed` and `model.dtype`, started from the run in
-    `init_from` ('' none)."""
+    """configs/dr_grading.py:<grader> with `seed`, `model.dtype` and `data.root`, started
+    from the run in `init_from` ('' none)."""
     from configs import dr_grading
 
     config = dr_grading.get_config(grader)
     config.seed = seed
     config.model.dtype = dtype
+    config.data.root = root
     config.init_from.workdir = init_from
     return config
 
@@ -80,24 +89,35 @@ def grader_summary(metrics: dict, seconds: float) -> dict:
 
 
 def compare(
-    workdir: str | pathlib.Path, seed: int = 1, grader: str = "demo_linear", dtype: str = "float32"
+    workdir: str | pathlib.Path,
+    seed: int = 1,
+    grader: str = "demo_linear",
+    dtype: str = "float32",
+    root: str = "",
+    starts: Sequence[str] = STARTS,
 ) -> dict:
-    """Runs the five runs of the module docstring and writes `workdir`/comparison.json."""
+    """Runs the runs of the module docstring that `starts` needs (all five by default) on the
+    photos in `root` ('' the demo's) and writes `workdir`/comparison.json."""
     if grader not in GRADERS:
         raise ValueError(f"grader must be one of {GRADERS}, got {grader!r}")
-    root = pathlib.Path(workdir)
-    result: dict = {"seed": seed, "grader": grader, "dtype": dtype}
+    unknown = [s for s in starts if s not in STARTS]
+    if unknown or not starts:
+        raise ValueError(f"starts must be some of {', '.join(STARTS)}, got {list(starts)}")
+    out = pathlib.Path(workdir)
+    result: dict = {"seed": seed, "grader": grader, "dtype": dtype, "root": root}
     result.update(pretraining_seconds={}, graders={})
-    starts = {"scratch": ""}
+    init_from = {"scratch": ""}
     for name, variant in PRETRAININGS.items():
-        _, seconds = timed_run(pretraining_config(variant, seed, dtype), root / name)
-        result["pretraining_seconds"][name] = round(seconds, 1)
-        starts[name] = str(root / name)
-    for name, init_from in starts.items():
-        config = grader_config(grader, seed, init_from, dtype)
-        metrics, seconds = timed_run(config, root / f"grader_{name}")
+        if name in starts:
+            config = pretraining_config(variant, seed, dtype, root)
+            _, seconds = timed_run(config, out / name)
+            result["pretraining_seconds"][name] = round(seconds, 1)
+            init_from[name] = str(out / name)
+    for name in (s for s in STARTS if s in starts):
+        config = grader_config(grader, seed, init_from[name], dtype, root)
+        metrics, seconds = timed_run(config, out / f"grader_{name}")
         result["graders"][name] = grader_summary(metrics, seconds)
-    (root / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -110,8 +130,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--grader", choices=GRADERS, default="demo_linear")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--root", default="", help="graded photos in the demo's layout")
+    parser.add_argument("--starts", default=",".join(STARTS), help="comma-separated graders")
     args = parser.parse_args(argv)
-    result = compare(args.workdir, seed=args.seed, grader=args.grader, dtype=args.dtype)
+    starts = [s for s in args.starts.split(",") if s]
+    if not starts or any(s not in STARTS for s in starts):
+        parser.error(f"--starts takes some of {','.join(STARTS)}, got {args.starts!r}")
+    if args.root and not pathlib.Path(args.root).is_dir():
+        parser.error(
+            f"--root {args.root}: no such folder (write one with dr_demo.generate_dr_demo)"
+        )
+    result = compare(
+        args.workdir,
+        seed=args.seed,
+        grader=args.grader,
+        dtype=args.dtype,
+        root=args.root,
+        starts=starts,
+    )
     for name, g in result["graders"].items():
         print(f"{name:8s} val kappa {g['val_kappa']:.4f}  test kappa {g['test_kappa']:.4f}")
     return 0

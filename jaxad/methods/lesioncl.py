@@ -21,6 +21,9 @@ NT-Xent, τ 0.07, as the original calls SupCon without labels). Fact sheet B3-B7
 - Network: torchvision's ResNet-50 (`model.depth`, `model.width`) + the 2048-2048-128 head
   (27,966,656 parameters), ImageNet-initialised from `lcl.imagenet_weights` (a torchvision
   state dict converted to .safetensors/.npz, `jaxad.models.resnet_weights`; '' = random).
+  `model.head_norm='batch'` (not LCL's) normalises the head's hidden layer by the batch, as
+  SimCLR's head: the demo's small network from random weights otherwise stays near chance at
+  some seeds (configs/lesioncl.py).
 - Optimiser: SGD, Nesterov momentum 0.9, coupled weight decay 5e-4 on every parameter, lr 0.02
   with the original's per-epoch cosine over `num_epochs` (T_max 1000); batch 768 (the
   maintainer's number; the original config says 786).
@@ -55,6 +58,7 @@ from jaxad.models import resnet, resnet_weights
 from jaxad.ops import augment, contrastive, conv, lesion_augment
 
 VIEWS = ("lesion", "whole")
+HEAD_NORMS = ("none", "batch")
 
 
 class ContrastiveNet(nn.Module):
@@ -66,9 +70,10 @@ class ContrastiveNet(nn.Module):
     features: int = 128
     dtype: DTypeLike | None = None
     fast_conv_grad: bool | str = False
+    head_norm: str = "none"
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool, weights: jax.Array | None = None) -> jax.Array:
         h = resnet.ResNet(
             depth=self.depth,
             width=self.width,
@@ -76,7 +81,10 @@ class ContrastiveNet(nn.Module):
             fast_conv_grad=self.fast_conv_grad,
             name="backbone",
         )(x, train)
-        return resnet.ProjectionHead(self.hidden, self.features, dtype=self.dtype, name="head")(h)
+        head = resnet.ProjectionHead(
+            self.hidden, self.features, dtype=self.dtype, norm=self.head_norm, name="head"
+        )
+        return head(h, weights)
 
 
 def check_unit_images(config: ml_collections.ConfigDict) -> None:
@@ -214,6 +222,12 @@ class LesionCL(Method):
                 f"({self.size}) with lcl.views='lesion' (got {cfg.views!r})."
             )
         self.aug = augmentation(cfg)
+        head_norm = config.model.get("head_norm", "none")  # (absent from older runs)
+        if head_norm not in HEAD_NORMS:
+            raise ValueError(
+                f"config.model.head_norm={head_norm!r} is not one of {HEAD_NORMS} "
+                "('none': LCL's head; 'batch': its hidden layer batch-normalised)."
+            )
         depth, width = int(config.model.depth), int(config.model.width)
         self.net = ContrastiveNet(
             depth=depth,
@@ -222,6 +236,7 @@ class LesionCL(Method):
             features=int(config.model.head_features),
             dtype=precision.model_dtype(config),
             fast_conv_grad=conv.resolve_fast_kernel_grad(config.model.fast_conv_grad),
+            head_norm=head_norm,
         )
         self.schedule = EpochSchedule(config, int(cfg.t_max), int(cfg.steps_per_epoch))
         self.tx = sgd(config.optim, self.schedule)
@@ -263,10 +278,14 @@ class LesionCL(Method):
         views = jnp.concatenate(
             [lesion_augment.views(k1, p1, self.aug), lesion_augment.views(k2, p2, self.aug)]
         )
+        valid = batch.get("valid")
+        weights = None if valid is None else jnp.concatenate([valid, valid]).astype(jnp.float32)
         if train:
-            z, updates = self.net.apply(net, views, train=True, mutable=["batch_stats"])
+            z, updates = self.net.apply(
+                net, views, train=True, weights=weights, mutable=["batch_stats"]
+            )
             return z, updates["batch_stats"]
-        return self.net.apply(net, views, train=False), net["batch_stats"]
+        return self.net.apply(net, views, train=False, weights=weights), net["batch_stats"]
 
     # --- training ----------------------------------------------------------------------------
     def train_step(self, state: dict, batch: dict, key: jax.Array) -> tuple[dict, dict]:

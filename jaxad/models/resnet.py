@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from jaxad.models.dpa import kaiming_normal_fan_out
-from jaxad.models.layers import BatchNorm, Conv
+from jaxad.models.layers import BatchNorm, BatchStatNorm, Conv
 from jaxad.models.vgg import TorchDense
 
 # depth -> (bottleneck, blocks per stage), as torchvision's resnet18 ... resnet152.
@@ -165,16 +165,21 @@ class ProjectionHead(nn.Module):
 
     2048 -> 2048 -> 128 with PyTorch's default Linear init (4,458,624 parameters). The output
     is float32 and unit-norm (PyTorch's `F.normalize`: divided by max(norm, 1e-12)), what the
-    contrastive loss (`jaxad.ops.contrastive.supcon_loss`) expects.
+    contrastive loss (`jaxad.ops.contrastive.supcon_loss`) expects. `norm='batch'` (not LCL's)
+    normalises the hidden layer by the batch's statistics ("dense1_norm", `BatchStatNorm`), as
+    SimCLR's head; `weights` [N] leaves padding rows out of them.
     """
 
     hidden: int = 2048
     features: int = 128
     dtype: DTypeLike | None = None
+    norm: str = "none"  # 'none' (LCL's) or 'batch'
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, weights: jax.Array | None = None) -> jax.Array:
         x = TorchDense(self.hidden, dtype=self.dtype, name="dense1")(x)
+        if self.norm == "batch":
+            x = BatchStatNorm(name="dense1_norm")(x, weights)
         x = TorchDense(self.features, dtype=self.dtype, name="dense2")(nn.relu(x))
         x = x.astype(jnp.float32)
         return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

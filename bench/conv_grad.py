@@ -24,6 +24,11 @@ Parts (each in its own subprocess, so that memory and the XLA state are its own)
   mode), forward + input gradient only (the kernel gradients are then dead code), forward + all
   gradients with the switch off and on; and a 2x2 max-pool, batch norm and 2x2 transposed conv
   at the U-Net's largest sizes.
+- `pointwise`: ResNet-50's 1x1 convolutions at 128 px (lesion-based CL's views, batch 32):
+  forward and both gradients through XLA's convolution (`fast_kernel_grad=False`) and through
+  `conv2d(..., fast_kernel_grad=True)`, which runs them as one matrix product
+  (`jaxad.ops.conv.pointwise`); seconds (median of `--reps` alternated calls), `speedup` =
+  xla / ours, and the totals over the network's 1x1 layers (each shape times its count).
 - `trace`: a `jax.profiler` trace of one training step (batch 8, switch on), its XLA operations
   grouped by network, forward/backward and kind (conv forward, input gradient, kernel gradient,
   transposed conv, batch norm, ...). Two threads run operations concurrently, so each instant is
@@ -63,7 +68,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import common as bench_common  # noqa: E402  (bench/common.py)
 import lesion2void as l2v_bench  # noqa: E402  (bench/lesion2void.py: shared measurement helpers)
 
-PARTS = ("layers", "step", "pieces", "trace")
+PARTS = ("layers", "step", "pieces", "trace", "pointwise")
 
 # (name, batch, size, in, out, kernel, stride, dilation, padding per side).
 LAYERS = [
@@ -448,6 +453,78 @@ def run_trace(opts: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+# ResNet-50's 1x1 convolutions on 32 views of 128 px: (name, count, size, in, out, stride).
+POINTWISE = [
+    ("layer1 first reduce", 1, 32, 64, 64, 1),
+    ("layer1 reduce", 2, 32, 256, 64, 1),
+    ("layer1 expand", 3, 32, 64, 256, 1),
+    ("layer1 downsample", 1, 32, 64, 256, 1),
+    ("layer2 first reduce", 1, 32, 256, 128, 1),
+    ("layer2 reduce", 3, 16, 512, 128, 1),
+    ("layer2 expand", 4, 16, 128, 512, 1),
+    ("layer2 downsample", 1, 32, 256, 512, 2),
+    ("layer3 first reduce", 1, 16, 512, 256, 1),
+    ("layer3 reduce", 5, 8, 1024, 256, 1),
+    ("layer3 expand", 6, 8, 256, 1024, 1),
+    ("layer3 downsample", 1, 16, 512, 1024, 2),
+    ("layer4 first reduce", 1, 8, 1024, 512, 1),
+    ("layer4 reduce", 2, 4, 2048, 512, 1),
+    ("layer4 expand", 3, 4, 512, 2048, 1),
+    ("layer4 downsample", 1, 8, 1024, 2048, 2),
+]
+
+
+def run_pointwise(opts: dict) -> dict:
+    load = bench_common.OtherLoad()
+    jax = l2v_bench._setup_jax()
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxad.ops import conv
+
+    rng = np.random.default_rng(0)
+    rows, totals = [], {"xla_sec": 0.0, "ours_sec": 0.0}
+    for name, count, size, ci, co, stride in POINTWISE:
+        x = jnp.asarray(rng.standard_normal((32, size, size, ci), np.float32))
+        kernel = jnp.asarray(rng.standard_normal((1, 1, ci, co), np.float32) / ci**0.5)
+
+        def all_passes(x, kernel, fast, stride=stride):
+            def loss(x, kernel):
+                y = conv.conv2d(x, kernel, stride, "VALID", fast_kernel_grad=fast)
+                return jnp.sum(y * y)
+
+            return jax.grad(loss, argnums=(0, 1))(x, kernel)
+
+        fns = {
+            k: jax.jit(lambda x, w, f=f: all_passes(x, w, f))
+            for k, f in (("xla", False), ("ours", True))
+        }
+        got = {k: fn(x, kernel) for k, fn in fns.items()}  # compile, and check they agree
+        diff = max(
+            float(jnp.abs(a - b).max() / jnp.abs(b).max())
+            for a, b in zip(got["ours"], got["xla"], strict=True)
+        )
+        times = {k: [] for k in fns}
+        for _ in range(opts["reps"]):
+            for k, fn in fns.items():
+                times[k].append(l2v_bench._timed(fn, x, kernel)[1])
+        row = {"name": name, "count": count, "size": size, "in": ci, "out": co, "stride": stride}
+        for k in fns:
+            row[f"{k}_sec"] = statistics.median(times[k])
+            totals[f"{k}_sec"] += count * row[f"{k}_sec"]
+        row["speedup"] = row["xla_sec"] / row["ours_sec"]
+        row["max_rel_diff"] = diff
+        rows.append(row)
+        _log(f"pointwise {name}: x{row['speedup']:.2f}")
+    totals["speedup"] = totals["xla_sec"] / totals["ours_sec"]
+    return {
+        "reps": opts["reps"],
+        "rows": rows,
+        "network_1x1": totals,
+        "other_cpus_busy": load.cpus(),
+    }
+
+
 def _spawn(child: str, args: argparse.Namespace) -> dict:
     flags = [f"--reps={args.reps}", f"--steps={args.steps}", f"--steps_32={args.steps_32}"]
     return bench_common.spawn_child(__file__, child, flags)
@@ -462,6 +539,8 @@ def _run_child(child: str, args: argparse.Namespace) -> dict:
         return run_pieces({"reps": args.reps})
     if child == "trace":
         return run_trace({})
+    if child == "pointwise":
+        return run_pointwise({"reps": args.reps})
     batch, fast = child.removeprefix("step:").split(":")
     steps = args.steps_32 if int(batch) >= 32 else args.steps
     setting = {"on": True, "off": False, "auto": "auto"}[fast]
@@ -523,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
                     entry[key] = off["sec_per_step"] / on["sec_per_step"]
                     _log(f"step batch {batch}: {key} x{entry[key]:.2f}")
             report["step"][str(batch)] = entry
-    for part in ("pieces", "trace"):
+    for part in ("pieces", "trace", "pointwise"):
         if part in args.parts:
             report[part] = _spawn(part, args)
             runs.append((part, report[part]))

@@ -239,6 +239,7 @@ def test_morphaeus_prior_flow_and_warps_match_the_original(train):
 def lesioncl_cfg(meta=None):
     meta = meta or io_of("lesioncl")[1]
     config = lesioncl_config.get_config("demo")
+    config.model.head_norm = "none"  # the original's head
     config.model.depth = meta["depth"]
     config.model.width = meta["width"]
     config.model.head_hidden = meta["hidden"]

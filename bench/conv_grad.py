@@ -126,7 +126,7 @@ def _median_time(fn, *args, reps: int) -> float:
 
 def run_layers(opts: dict) -> dict:
     load = bench_common.OtherLoad()
-    jax = l2v_bench._setup_jax()
+    jax = bench_common.setup_jax()
     import jax.numpy as jnp
     import numpy as np
 
@@ -151,10 +151,10 @@ def run_layers(opts: dict) -> dict:
         def input_grad(kernel, dy, fwd=fwd, x=x):
             return jax.vjp(lambda v: fwd(v, kernel), x)[1](dy)[0]
 
-        ours, _ = l2v_bench._compile(jax.jit(kernel_grad, static_argnums=2), x, dy, True)
-        xla, _ = l2v_bench._compile(jax.jit(kernel_grad, static_argnums=2), x, dy, False)
-        fwd_c, _ = l2v_bench._compile(jax.jit(fwd), x, kernel)
-        dx_c, _ = l2v_bench._compile(jax.jit(input_grad), kernel, dy)
+        ours, _ = bench_common.compile_ahead(jax.jit(kernel_grad, static_argnums=2), x, dy, True)
+        xla, _ = bench_common.compile_ahead(jax.jit(kernel_grad, static_argnums=2), x, dy, False)
+        fwd_c, _ = bench_common.compile_ahead(jax.jit(fwd), x, kernel)
+        dx_c, _ = bench_common.compile_ahead(jax.jit(input_grad), kernel, dy)
         a, b = np.asarray(ours(x, dy)), np.asarray(xla(x, dy))
         diff = float(np.abs(a - b).max() / np.abs(b).max())
         times = {"ours": [], "xla": []}
@@ -204,7 +204,7 @@ def run_layers(opts: dict) -> dict:
 
 
 def _paper_setup(batch: int, fast: bool | str):
-    jax = l2v_bench._setup_jax()
+    jax = bench_common.setup_jax()
     from jaxad import methods, parallel
 
     config = l2v_bench._load_config("paper")
@@ -222,15 +222,15 @@ def _paper_setup(batch: int, fast: bool | str):
 
 def run_step(batch: int, fast: bool | str, steps: int) -> dict:
     load = bench_common.OtherLoad()
-    jax = l2v_bench._setup_jax()
+    jax = bench_common.setup_jax()
     from jaxad import train
     from jaxad.ops import conv
 
     config, mesh, method, state, batches = _paper_setup(batch, fast)
     assert method.generator.fast_conv_grad == conv.resolve_fast_kernel_grad(fast)
     step_fn = train.make_train_step(method, config, mesh)
-    compiled, compile_sec = l2v_bench._compile(step_fn, state, batches[0], 1)
-    memory = l2v_bench._memory(compiled)
+    compiled, compile_sec = bench_common.compile_ahead(step_fn, state, batches[0], 1)
+    memory = bench_common.memory(compiled)
     times, cpu = [], []
     for i in range(1 + steps):
         (state, metrics), sec, cpu_sec = l2v_bench._timed(compiled, state, batches[i % 2], i + 1)
@@ -260,7 +260,7 @@ def run_step(batch: int, fast: bool | str, steps: int) -> dict:
 
 def run_pieces(opts: dict) -> dict:
     load = bench_common.OtherLoad()
-    jax = l2v_bench._setup_jax()
+    jax = bench_common.setup_jax()
     import flax.linen as nn
     import jax.numpy as jnp
 
@@ -273,7 +273,7 @@ def run_pieces(opts: dict) -> dict:
     x = jax.random.normal(jax.random.key(0), (batch, 224, 224, 3))
 
     def time_fn(fn, *args) -> float:
-        compiled, _ = l2v_bench._compile(jax.jit(fn), *args)
+        compiled, _ = bench_common.compile_ahead(jax.jit(fn), *args)
         l2v_bench._timed(compiled, *args)
         return _median_time(compiled, *args, reps=reps)
 
@@ -383,12 +383,12 @@ def _group(opcode: str, op_name: str, shape: str, batch: int) -> tuple[str, str,
 
 def run_trace(opts: dict) -> dict:
     load = bench_common.OtherLoad()
-    jax = l2v_bench._setup_jax()
+    jax = bench_common.setup_jax()
     from jaxad import train
 
     batch = 8
     config, mesh, method, state, batches = _paper_setup(batch, True)
-    compiled, _ = l2v_bench._compile(
+    compiled, _ = bench_common.compile_ahead(
         train.make_train_step(method, config, mesh), state, batches[0], 1
     )
     info = _hlo_instructions(compiled.as_text())
@@ -476,7 +476,7 @@ POINTWISE = [
 
 def run_pointwise(opts: dict) -> dict:
     load = bench_common.OtherLoad()
-    jax = l2v_bench._setup_jax()
+    jax = bench_common.setup_jax()
     import jax.numpy as jnp
     import numpy as np
 
@@ -532,7 +532,7 @@ def _spawn(child: str, args: argparse.Namespace) -> dict:
 
 def _run_child(child: str, args: argparse.Namespace) -> dict:
     if child == "env":
-        return l2v_bench._env()
+        return bench_common.env()
     if child == "layers":
         return run_layers({"reps": args.reps})
     if child == "pieces":

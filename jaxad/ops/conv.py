@@ -47,7 +47,7 @@ fast path, which a `custom_vjp` does not provide; use `fast_kernel_grad=False` t
 The forward pass is the same XLA convolution with or without the fast gradient, so inference is
 bit-identical, except for 1x1 convolutions without padding or groups: with the fast gradient on,
 those are one matrix product in all three passes (`pointwise`), which XLA's CPU backend runs
-1.5-3x faster than the convolution; their outputs and gradients agree to float rounding
+1.6-4x faster than the convolution; their outputs and gradients agree to float rounding
 (another summation order), as the other gradients do. See bench/README.md for measured rates.
 """
 
@@ -195,9 +195,10 @@ def is_pointwise(kernel_shape: Sequence[int], pads: Pads, groups: int) -> bool:
 def pointwise(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
     """A 1x1 convolution as one [N H W, I] x [I, O] matrix product (strided pixels first).
 
-    XLA's CPU backend runs a 1x1 convolution, forward and both gradients, 1.5-3x slower than
-    the same product written as a matrix product (bench/README.md, conv_grad): ResNet-50's
-    bottlenecks are two thirds 1x1 convolutions. The result is the convolution's up to float
+    XLA's CPU backend runs a 1x1 convolution, forward and both gradients, 1.6-4.1x slower than
+    the same product written as a matrix product (`bench/conv_grad.py --parts=pointwise`:
+    ResNet-50's 1x1 layers at 128 px, 2.9x in all); two of a bottleneck's three convolutions
+    are 1x1. The result is the convolution's up to float
     rounding (another summation order).
     """
     if strides != (1, 1):

@@ -25,7 +25,9 @@ def test_cli_refuses_unknown_starts_and_missing_roots(tmp_path, capsys):
     assert e.value.code == 2 and "--starts" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         compare_demo.main(["--workdir", str(tmp_path), "--root", str(tmp_path / "none")])
-    assert e.value.code == 2 and "no such folder" in capsys.readouterr().err
+    assert e.value.code == 2 and "not a folder written by" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="graded_folder"):  # not to be taken for a half demo
+        compare_demo.compare(tmp_path, root=str(tmp_path))
     with pytest.raises(ValueError, match="starts must be some of"):
         compare_demo.compare(tmp_path, starts=())
 

@@ -88,6 +88,18 @@ def grader_summary(metrics: dict, seconds: float) -> dict:
     }
 
 
+def check_root(root: str) -> None:
+    """`root` must be a finished `dr_demo.generate_dr_demo` folder: the demo source would
+    otherwise take it for an interrupted generation and replace it."""
+    from jaxad.data import demo
+
+    if not (pathlib.Path(root) / demo.MARKER).is_file():
+        raise ValueError(
+            f"{root} is not a folder written by jaxad.data.dr_demo.generate_dr_demo (no "
+            f"{demo.MARKER}); grade your own photos with data.name='graded_folder' instead"
+        )
+
+
 def compare(
     workdir: str | pathlib.Path,
     seed: int = 1,
@@ -103,6 +115,8 @@ def compare(
     unknown = [s for s in starts if s not in STARTS]
     if unknown or not starts:
         raise ValueError(f"starts must be some of {', '.join(STARTS)}, got {list(starts)}")
+    if root:
+        check_root(root)
     out = pathlib.Path(workdir)
     result: dict = {"seed": seed, "grader": grader, "dtype": dtype, "root": root}
     result.update(pretraining_seconds={}, graders={})
@@ -136,10 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     starts = [s for s in args.starts.split(",") if s]
     if not starts or any(s not in STARTS for s in starts):
         parser.error(f"--starts takes some of {','.join(STARTS)}, got {args.starts!r}")
-    if args.root and not pathlib.Path(args.root).is_dir():
-        parser.error(
-            f"--root {args.root}: no such folder (write one with dr_demo.generate_dr_demo)"
-        )
+    if args.root:
+        try:
+            check_root(args.root)
+        except ValueError as e:
+            parser.error(f"--root: {e}")
     result = compare(
         args.workdir,
         seed=args.seed,

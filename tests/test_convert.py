@@ -630,6 +630,7 @@ def test_lesioncl_backbone_and_dr_grading_resnet_convert_both_ways(tmp_path):
     from jaxad.models import resnet_weights
 
     config = lesioncl_config.get_config("demo")
+    config.model.head_norm = "none"  # the original's head
     depth, width = int(config.model.depth), int(config.model.width)
     resnet = ResNet(depth=depth, width=width, num_classes=1)
     variables = resnet.init(jax.random.key(3), jnp.zeros((1, 32, 32, 3)))

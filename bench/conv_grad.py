@@ -490,7 +490,7 @@ def run_pointwise(opts: dict) -> dict:
 
         def all_passes(x, kernel, fast, stride=stride):
             def loss(x, kernel):
-                y = conv.conv2d(x, kernel, stride, "VALID", fast_kernel_grad=fast)
+                y = conv.conv2d(x, kernel, stride, "VALID", fast_kernel_grad=fast, matmul_1x1=True)
                 return jnp.sum(y * y)
 
             return jax.grad(loss, argnums=(0, 1))(x, kernel)

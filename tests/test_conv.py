@@ -66,7 +66,9 @@ def check(x, kernel, strides, padding, dilation, groups=1, tol=2e-6):
     s, d = (strides, strides), (dilation, dilation)
 
     def ours(x, kernel):
-        return conv.conv2d(x, kernel, s, padding, d, groups=groups, fast_kernel_grad=True)
+        return conv.conv2d(
+            x, kernel, s, padding, d, groups=groups, fast_kernel_grad=True, matmul_1x1=True
+        )
 
     def xla(x, kernel):
         return reference(x, kernel, s, padding, d, groups)
@@ -475,7 +477,7 @@ def test_sharded_over_eight_devices():
 def test_pointwise_keeps_bfloat16_and_sums_in_float32():
     """A 1x1 conv as a matrix product: bfloat16 in and out, the sums in float32."""
     x, kernel = random_case(3, 2, (6, 5), 64, 8, 1, dtype=jnp.bfloat16)
-    y = conv.conv2d(x, kernel, 2, "VALID", fast_kernel_grad=True)
+    y = conv.conv2d(x, kernel, 2, "VALID", fast_kernel_grad=True, matmul_1x1=True)
     assert y.dtype == jnp.bfloat16 and y.shape == (2, 3, 3, 8)
     exact = reference(x.astype(jnp.float32), kernel.astype(jnp.float32), (2, 2), "VALID", (1, 1), 1)
     assert_close(y, exact, 2**-8)  # one bfloat16 rounding of the float32 sum

@@ -85,14 +85,23 @@ def conv2d(
     *,
     groups: int = 1,
     fast_grad: bool | str = False,
+    matmul_1x1: bool = False,
 ) -> jax.Array:
     """Cross-correlation of NHWC `x` with an HWIO kernel; every `Conv` goes through here.
 
     `fast_grad` computes the kernel gradient by matrix products (`jaxad.ops.conv`) instead of
-    XLA's lowering; the forward pass and the input gradient are XLA's either way.
+    XLA's lowering; the forward pass and the input gradient are XLA's either way, except for
+    1x1 convolutions with `matmul_1x1` (`jaxad.ops.conv.pointwise`).
     """
     return conv_ops.conv2d(
-        x, kernel, strides, padding, dilation, groups=groups, fast_kernel_grad=fast_grad
+        x,
+        kernel,
+        strides,
+        padding,
+        dilation,
+        groups=groups,
+        fast_kernel_grad=fast_grad,
+        matmul_1x1=matmul_1x1,
     )
 
 
@@ -182,6 +191,8 @@ class Conv(nn.Module):
     dtype: DTypeLike | None = None
     param_dtype: DTypeLike = jnp.float32
     fast_conv_grad: bool | str = False
+    # With fast_conv_grad: a 1x1 kernel as one matrix product (`jaxad.ops.conv.pointwise`).
+    matmul_1x1: bool = False
     # None: PyTorch's defaults (`torch_conv_kernel_init`, `torch_conv_bias_init`).
     kernel_init: Initializer | None = None
     bias_init: Initializer | None = None
@@ -213,6 +224,7 @@ class Conv(nn.Module):
             _pair(self.kernel_dilation),
             groups=groups,
             fast_grad=self.fast_conv_grad,
+            matmul_1x1=self.matmul_1x1,
         )
         return y if bias is None else y + bias
 

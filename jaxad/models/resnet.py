@@ -92,6 +92,7 @@ class Block(nn.Module):
             use_bias=False,
             dtype=self.dtype,
             fast_conv_grad=self.fast_conv_grad,
+            matmul_1x1=True,  # two of a bottleneck's three convs (jaxad.ops.conv.pointwise)
             kernel_init=resnet_kernel_init,
         )
         norm = dict(use_running_average=not train, dtype=self.dtype)
@@ -132,6 +133,7 @@ class ResNet(nn.Module):
             use_bias=False,
             dtype=self.dtype,
             fast_conv_grad=self.fast_conv_grad,
+            matmul_1x1=True,  # two of a bottleneck's three convs (jaxad.ops.conv.pointwise)
             kernel_init=resnet_kernel_init,
         )
         x = Conv(self.width, 7, 2, 3, name="conv1", **conv)(x)

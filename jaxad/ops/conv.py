@@ -45,10 +45,13 @@ kernel's dtype); `jit`, `vmap`, sharding and reverse-mode differentiation of the
 fast path, which a `custom_vjp` does not provide; use `fast_kernel_grad=False` there.
 
 The forward pass is the same XLA convolution with or without the fast gradient, so inference is
-bit-identical, except for 1x1 convolutions without padding or groups: with the fast gradient on,
-those are one matrix product in all three passes (`pointwise`), which XLA's CPU backend runs
-1.6-4x faster than the convolution; their outputs and gradients agree to float rounding
-(another summation order), as the other gradients do. See bench/README.md for measured rates.
+bit-identical, except where `matmul_1x1` is asked for (the ResNets): with the fast gradient on,
+a 1x1 convolution without padding or groups is then one matrix product in all three passes
+(`pointwise`), which XLA's CPU backend runs 1.6-4x faster than the convolution; its outputs and
+gradients agree to float rounding (another summation order), as the other gradients do. The
+other models keep XLA's convolution: their demos' results were measured with it (Lesion2Void's
+demo, whose U-Net ends in a 1x1 convolution, trains to another pixel AUROC when that rounding
+changes). See bench/README.md for measured rates.
 """
 
 from __future__ import annotations
@@ -157,6 +160,7 @@ def conv2d(
     *,
     groups: int = 1,
     fast_kernel_grad: bool | str,
+    matmul_1x1: bool = False,
 ) -> jax.Array:
     """Cross-correlation of NHWC `x` with an HWIO `kernel` (I = input channels / `groups`).
 
@@ -164,15 +168,15 @@ def conv2d(
     rhs_dilation=dilation, feature_group_count=groups)`. With `fast_kernel_grad` True,
     reverse-mode differentiation computes the kernel gradient as matrix products (see the module
     docstring); with BY_SHAPE, only where `kernel_grad_helps`. The input gradient stays XLA's own.
-    With either, a 1x1 convolution without padding or groups is one matrix product in all three
-    passes (`pointwise`). `x` and `kernel` must have the same dtype.
+    With either and `matmul_1x1`, a 1x1 convolution without padding or groups is one matrix
+    product in all three passes (`pointwise`). `x` and `kernel` must have the same dtype.
     """
     strides = _pair(strides, "strides")
     dilation = _pair(dilation, "dilation")
     if x.ndim != 4 or kernel.ndim != 4:
         raise ValueError(f"expected NHWC x and HWIO kernel, got shapes {x.shape}, {kernel.shape}.")
     pads = resolve_padding(padding, x.shape[1:3], kernel.shape[:2], strides, dilation)
-    if fast_kernel_grad and is_pointwise(kernel.shape, pads, groups):
+    if matmul_1x1 and fast_kernel_grad and is_pointwise(kernel.shape, pads, groups):
         return pointwise(x, kernel, strides)
     if fast_kernel_grad == BY_SHAPE:
         out_hw = [

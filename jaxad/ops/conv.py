@@ -202,8 +202,7 @@ def pointwise(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.
     XLA's CPU backend runs a 1x1 convolution, forward and both gradients, 1.6-4.1x slower than
     the same product written as a matrix product (`bench/conv_grad.py --parts=pointwise`:
     ResNet-50's 1x1 layers at 128 px, 2.9x in all); two of a bottleneck's three convolutions
-    are 1x1. The result is the convolution's up to float
-    rounding (another summation order).
+    are 1x1. The result is the convolution's up to float rounding (another summation order).
     """
     if strides != (1, 1):
         x = x[:, :: strides[0], :: strides[1], :]

@@ -196,20 +196,32 @@ def test_conv_padding_forms_agree():
     assert y_int.shape == (1, 4, 4, 3)  # floor((9 + 2 - 4) / 2) + 1, as in PyTorch
 
 
-def test_max_pool_matches_flax_with_ties():
-    """Values, first-maximum gradients (ties included, as after a ReLU) and JVPs of the pool."""
+POOLS = {
+    "2x2": (layers.max_pool_2x2, dict(window_shape=(2, 2), strides=(2, 2), padding="VALID")),
+    "3x3_s2": (
+        layers.max_pool_3x3_s2,
+        dict(window_shape=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1))),
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 9, 3), (2, 8, 6, 3)])
+@pytest.mark.parametrize("pool", sorted(POOLS))
+def test_max_pool_matches_flax_with_ties(pool, shape):
+    """Values, first-maximum gradients (ties included, as after a ReLU) and JVPs of the pools,
+    on odd and even sizes."""
+    fn, kwargs = POOLS[pool]
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((2, 7, 9, 3)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
     x = jax.nn.relu(x).at[0, 0, 0, 0].set(5.0).at[0, 1, 1, 0].set(5.0)  # tie inside a window
 
     def ref(v):
-        return flax.linen.max_pool(v, (2, 2), strides=(2, 2), padding="VALID")
+        return flax.linen.max_pool(v, **kwargs)
 
-    np.testing.assert_array_equal(layers.max_pool_2x2(x), ref(x))
-    g = jnp.asarray(rng.standard_normal((2, 3, 4, 3)), jnp.float32)
-    got = jax.jit(jax.vjp(layers.max_pool_2x2, x)[1])(g)[0]
-    np.testing.assert_array_equal(got, jax.vjp(ref, x)[1](g)[0])
+    np.testing.assert_array_equal(fn(x), ref(x))
+    g = jnp.asarray(rng.standard_normal(ref(x).shape), jnp.float32)
+    got = jax.jit(jax.vjp(fn, x)[1])(g)[0]
+    # Overlapping windows (3x3, stride 2) sum their gradients in another order: rounding.
+    np.testing.assert_allclose(got, jax.vjp(ref, x)[1](g)[0], rtol=1e-6, atol=1e-6)
     t = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
-    np.testing.assert_array_equal(
-        jax.jvp(layers.max_pool_2x2, (x,), (t,))[1], jax.jvp(ref, (x,), (t,))[1]
-    )
+    np.testing.assert_array_equal(jax.jvp(fn, (x,), (t,))[1], jax.jvp(ref, (x,), (t,))[1])

@@ -19,6 +19,7 @@ Layout is NHWC. Kernels are HWIO as in `flax.linen` (I = input, O = output chann
 transposed convolution too.
 """
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -166,6 +167,43 @@ def _max_pool_jvp(primals, tangents):
     d = d & ~(a | b | c)
     first = jnp.stack([jnp.stack([a, b], axis=3), jnp.stack([c, d], axis=3)], axis=2)
     t_out = jnp.where(first, _windows(t), jnp.zeros((), t.dtype)).sum(axis=(2, 4))
+    return out, t_out
+
+
+@jax.custom_jvp
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """3x3 max-pool with stride 2 and padding 1 of NHWC `x`: the ResNet stem's, as
+    `nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))` (padding never wins a window).
+
+    As `max_pool_2x2`, the derivative follows the first maximum of each window in row-major
+    order and is computed elementwise from the nine window positions: XLA's CPU backend
+    lowers the select-and-scatter to a reduce-window over four index arrays of the padded
+    input, and this form made lesion-based CL's ResNet-50 step at 128 px about 4 % faster.
+    """
+    return functools.reduce(jnp.maximum, _taps_3x3_s2(x, -jnp.inf))
+
+
+def _taps_3x3_s2(x: jax.Array, fill: float) -> list[jax.Array]:
+    """The nine window positions of every output pixel, row-major, `x` padded with `fill`."""
+    n, h, w, c = x.shape
+    ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=fill)
+    return [
+        xp[:, i : i + 2 * ho - 1 : 2, j : j + 2 * wo - 1 : 2] for i in range(3) for j in range(3)
+    ]
+
+
+@max_pool_3x3_s2.defjvp
+def _max_pool_3x3_s2_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    taps = _taps_3x3_s2(x, -jnp.inf)
+    out = functools.reduce(jnp.maximum, taps)
+    zero = jnp.zeros((), t.dtype)
+    t_out, taken = jnp.zeros(out.shape, t.dtype), jnp.zeros(out.shape, bool)
+    for x_tap, t_tap in zip(taps, _taps_3x3_s2(t, 0.0), strict=True):
+        first = (x_tap == out) & ~taken
+        t_out = t_out + jnp.where(first, t_tap, zero)
+        taken = taken | first
     return out, t_out
 
 

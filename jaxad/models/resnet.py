@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from jaxad.models.dpa import kaiming_normal_fan_out
-from jaxad.models.layers import BatchNorm, BatchStatNorm, Conv
+from jaxad.models.layers import BatchNorm, BatchStatNorm, Conv, max_pool_3x3_s2
 from jaxad.models.vgg import TorchDense
 
 # depth -> (bottleneck, blocks per stage), as torchvision's resnet18 ... resnet152.
@@ -139,7 +139,7 @@ class ResNet(nn.Module):
         x = Conv(self.width, 7, 2, 3, name="conv1", **conv)(x)
         x = BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x)
         x = nn.relu(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool_3x3_s2(x)
         channels = self.width
         for stage, n_blocks in enumerate(blocks, 1):
             planes = self.width * 2 ** (stage - 1)

@@ -118,6 +118,42 @@ def test_batch_norm_torch_defaults():
     np.testing.assert_allclose(y, (x - mean) / jnp.sqrt(var + 1e-5), atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_folded_batch_norm_matches_batch_norm(dtype):
+    """Same variables, outputs, running statistics and gradients as `BatchNorm` (to rounding),
+    in training and in eval mode, with a learnt scale and bias."""
+    x = (2.0 + 3.0 * jax.random.normal(jax.random.key(0), (4, 5, 5, 3))).astype(dtype)
+    ref, folded = (cls(dtype=dtype) for cls in (layers.BatchNorm, layers.FoldedBatchNorm))
+    variables = ref.init(jax.random.key(0), x, use_running_average=False)
+    assert jax.tree.map(jnp.shape, folded.init(jax.random.key(0), x, False)) == jax.tree.map(
+        jnp.shape, variables
+    )
+    params = {"scale": jnp.array([0.5, 2.0, -1.0]), "bias": jnp.array([0.1, -0.3, 1.0])}
+    variables = {**variables, "params": params}
+    tol = dict(rtol=2e-2, atol=3e-2) if dtype == jnp.bfloat16 else dict(rtol=1e-5, atol=1e-5)
+    dy = jax.random.normal(jax.random.key(1), x.shape)
+    for train in (True, False):
+
+        def loss(v, xx, module, train=train):
+            y, upd = module.apply(v, xx, not train, mutable=["batch_stats"])
+            return (y.astype(jnp.float32) * dy).sum(), (y, upd)
+
+        grads = [
+            jax.grad(loss, argnums=(0, 1), has_aux=True)(variables, x, m) for m in (ref, folded)
+        ]
+        (g_ref, (y_ref, s_ref)), (g_fold, (y_fold, s_fold)) = grads
+        assert y_fold.dtype == y_ref.dtype == dtype
+        np.testing.assert_allclose(np.float32(y_fold), np.float32(y_ref), **tol)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol), s_fold, s_ref)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(np.float32(a), np.float32(b), **tol),
+            g_fold,
+            g_ref,
+        )
+    with pytest.raises(ValueError, match="channels last"):
+        layers.FoldedBatchNorm(axis=1).init(jax.random.key(0), x, False)
+
+
 def assert_torch_uniform(values, fan_in):
     bound = 1 / math.sqrt(fan_in)
     values = np.abs(np.asarray(values))

@@ -319,6 +319,46 @@ class BatchNorm(nn.BatchNorm):
     use_fast_variance: bool = False
 
 
+class FoldedBatchNorm(BatchNorm):
+    """`BatchNorm` that applies its statistics as one multiply-add per value, y = x * a + b
+    with a = scale / sqrt(var + eps) and b = bias - mean * a (PyTorch's CPU kernel's form).
+
+    Same parameters, statistics and results (to float rounding) as `BatchNorm`, but Flax's
+    (x - mean) * a + bias makes the centred x a value that both the two-pass variance and the
+    output read, which XLA's CPU backend writes out in full and reads back: folded, only the
+    variance's reduction reads it, fused. 4-5 % faster ResNet-50 training steps (the ResNets
+    use it; the other models keep `BatchNorm`, with which their demos were measured). Channels
+    last only; no `axis_name` (a sharded batch under `jax.jit` gives global statistics).
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        if self.axis != -1 or self.axis_name is not None or not (self.use_scale and self.use_bias):
+            raise ValueError("FoldedBatchNorm: channels last, scale and bias, no axis_name")
+        use_running_average = nn.merge_param(
+            "use_running_average", self.use_running_average, use_running_average
+        )
+        c = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        scale = self.param("scale", self.scale_init, (c,), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (c,), self.param_dtype)
+        if use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:  # statistics in float32 (as Flax's), the variance in two passes (as PyTorch's)
+            xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+            axes = tuple(range(x.ndim - 1))
+            mean = xf.mean(axes)
+            var = jnp.square(xf - mean).mean(axes)
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        a = scale * jax.lax.rsqrt(var + self.epsilon)
+        b = bias - mean * a
+        dtype = self.dtype or jnp.result_type(x, scale, bias)
+        return (x * a + b).astype(dtype)
+
+
 class BatchStatNorm(nn.Module):
     """[N, D] -> [N, D] normalised by the batch's own mean and variance, then a learnt scale and
     shift: training-mode BatchNorm without running averages, for heads that only ever see whole

@@ -19,7 +19,7 @@ without fc (25,557,032 with the 1000-way fc); `ProjectionHead` adds 4,458,624 (2
 
 Initialisation is torchvision's: kaiming-normal convs (fan_out, ReLU gain), BatchNorm scale 1
 and bias 0 (`zero_init_residual=False`), PyTorch's default Linear for fc. BatchNorm uses
-PyTorch's eps 1e-5 and momentum 0.1 (Flax momentum 0.9, `jaxad.models.layers.BatchNorm`).
+PyTorch's eps 1e-5 and momentum 0.1 (Flax momentum 0.9, `jaxad.models.layers.FoldedBatchNorm`).
 
 Parameter names follow torchvision's state-dict keys one to one, with "_" for the "." before a
 list index: module `conv1`, `bn1`, `layer{s}_{b}` (block b of stage s) holding `conv1`, `bn1`,
@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from jaxad.models.dpa import kaiming_normal_fan_out
-from jaxad.models.layers import BatchNorm, BatchStatNorm, Conv, max_pool_3x3_s2
+from jaxad.models.layers import BatchStatNorm, Conv, FoldedBatchNorm, max_pool_3x3_s2
 from jaxad.models.vgg import TorchDense
 
 # depth -> (bottleneck, blocks per stage), as torchvision's resnet18 ... resnet152.
@@ -104,12 +104,12 @@ class Block(nn.Module):
         y = x
         for i, (features, kernel, strides, padding) in enumerate(specs, 1):
             y = Conv(features, kernel, strides, padding, name=f"conv{i}", **conv)(y)
-            y = BatchNorm(name=f"bn{i}", **norm)(y)
+            y = FoldedBatchNorm(name=f"bn{i}", **norm)(y)
             if i < len(specs):
                 y = nn.relu(y)
         if self.downsample:
             x = Conv(specs[-1][0], 1, self.strides, name="downsample_0", **conv)(x)
-            x = BatchNorm(name="downsample_1", **norm)(x)
+            x = FoldedBatchNorm(name="downsample_1", **norm)(x)
         return nn.relu(y + x)
 
 
@@ -137,7 +137,7 @@ class ResNet(nn.Module):
             kernel_init=resnet_kernel_init,
         )
         x = Conv(self.width, 7, 2, 3, name="conv1", **conv)(x)
-        x = BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x)
+        x = FoldedBatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x)
         x = nn.relu(x)
         x = max_pool_3x3_s2(x)
         channels = self.width

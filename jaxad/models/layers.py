@@ -178,7 +178,8 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     As `max_pool_2x2`, the derivative follows the first maximum of each window in row-major
     order and is computed elementwise from the nine window positions: XLA's CPU backend
     lowers the select-and-scatter to a reduce-window over four index arrays of the padded
-    input, and this form made lesion-based CL's ResNet-50 step at 128 px about 4 % faster.
+    input; this form made lesion-based CL's ResNet-50 step at 128 px 4 % faster in an A/B
+    under load (bench/README.md).
     """
     return functools.reduce(jnp.maximum, _taps_3x3_s2(x, -jnp.inf))
 
@@ -324,11 +325,11 @@ class FoldedBatchNorm(BatchNorm):
     with a = scale / sqrt(var + eps) and b = bias - mean * a (PyTorch's CPU kernel's form).
 
     Same parameters, statistics and results (to float rounding) as `BatchNorm`, but Flax's
-    (x - mean) * a + bias makes the centred x a value that both the two-pass variance and the
-    output read, which XLA's CPU backend writes out in full and reads back: folded, only the
-    variance's reduction reads it, fused. 4-5 % faster ResNet-50 training steps (the ResNets
-    use it; the other models keep `BatchNorm`, with which their demos were measured). Channels
-    last only; no `axis_name` (a sharded batch under `jax.jit` gives global statistics).
+    (x - mean) * a + bias forms the output from the centred x, which XLA's CPU backend then
+    writes out in full and reads back; folded, the output is formed from x itself. ResNet-50
+    training steps 4-5 % faster in an A/B under load (bench/README.md). The ResNets use it; the
+    other models keep `BatchNorm`, with which their demos were measured. Channels last only;
+    no `axis_name` (a sharded batch under `jax.jit` gives global statistics).
     """
 
     @nn.compact

@@ -32,6 +32,18 @@ def fundus_root(tmp_path_factory) -> pathlib.Path:
     )
 
 
+def load_bench_script(name: str):
+    """bench/<name>.py as a module (bench/ is not a package), registered in sys.modules (where
+    dataclasses look their module up)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def fake_batch(n: int = 8, size: int = 32, seed: int = 0) -> dict:
     """A random training batch with the pipeline's keys, shapes and dtypes."""
     import numpy as np

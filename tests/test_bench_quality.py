@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -11,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import load_bench_script
 from PIL import Image
 
 from jaxad import methods
@@ -235,11 +235,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys, flags, message):
 
 
 def _l2v_components():
-    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "l2v_components.py"
-    spec = importlib.util.spec_from_file_location("l2v_components", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench_script("l2v_components")
 
 
 def test_l2v_components_bad_arguments_are_one_line_errors(tmp_path, capsys):

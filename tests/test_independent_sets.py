@@ -11,20 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_bench_script
 from PIL import Image
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "independent_sets.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("independent_sets", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ind = _load()
+ind = load_bench_script("independent_sets")
 SIZE = 64
 
 

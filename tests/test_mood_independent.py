@@ -3,20 +3,13 @@ demo pipeline reads as it is."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "mood_independent.py"
+from conftest import load_bench_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("mood_independent", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench_script("mood_independent")
 
 
 def test_subjects_vary_and_the_population_is_used_as_it_is(tmp_path):

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
-from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "profile_lesioncl.py"
+from conftest import load_bench_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("profile_lesioncl", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench_script("profile_lesioncl")
 
 
 def test_kinds_of_a_traced_conv_pool_and_norm(tmp_path):

@@ -148,9 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = lesioncl.JaxadBench(argparse.Namespace(**{**vars(args), "groups": group}))
     call = bench.fns[args.part]
     jax.block_until_ready(call())
-    hlo: dict[str, tuple[str, str]] = {}
-    for text in texts:
-        hlo.update(instructions(text))
+    # The group's parts compile in GROUPS' order, each its own module (names repeat across them).
+    hlo = instructions(texts[lesioncl.GROUPS[group][0].index(args.part)])
     walls = []
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):

@@ -88,6 +88,12 @@ def grader_summary(metrics: dict, seconds: float) -> dict:
     }
 
 
+def check_starts(starts: Sequence[str]) -> None:
+    """`starts` must name some of STARTS."""
+    if not starts or any(s not in STARTS for s in starts):
+        raise ValueError(f"starts must be some of {', '.join(STARTS)}, got {list(starts)}")
+
+
 def check_root(root: str) -> None:
     """`root` must be a finished `dr_demo.generate_dr_demo` folder: the demo source would
     otherwise take it for an interrupted generation and replace it."""
@@ -112,9 +118,7 @@ def compare(
     photos in `root` ('' the demo's) and writes `workdir`/comparison.json."""
     if grader not in GRADERS:
         raise ValueError(f"grader must be one of {GRADERS}, got {grader!r}")
-    unknown = [s for s in starts if s not in STARTS]
-    if unknown or not starts:
-        raise ValueError(f"starts must be some of {', '.join(STARTS)}, got {list(starts)}")
+    check_starts(starts)
     if root:
         check_root(root)
     out = pathlib.Path(workdir)
@@ -148,8 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--starts", default=",".join(STARTS), help="comma-separated graders")
     args = parser.parse_args(argv)
     starts = [s for s in args.starts.split(",") if s]
-    if not starts or any(s not in STARTS for s in starts):
-        parser.error(f"--starts takes some of {','.join(STARTS)}, got {args.starts!r}")
+    try:
+        check_starts(starts)
+    except ValueError as e:
+        parser.error(f"--starts: {e}")
     if args.root:
         try:
             check_root(args.root)

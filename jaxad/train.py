@@ -154,7 +154,7 @@ def make_train_step(method, config, mesh):
     def step_fn(state, batch, step):
         return method.train_step(state, batch, jax.random.fold_in(loop_key, step))
 
-    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(repl, repl))
+    return methods.jit(method, step_fn, donate_argnums=(0,), out_shardings=(repl, repl))
 
 
 def _check_finite(metrics: dict, step: int, ckpt: checkpoint.Checkpointer) -> None:
@@ -452,7 +452,9 @@ class _Validation:
                 workdir, every_steps=0, keep=1, async_save=False, name="best"
             )
             self._loss_fn = writers.timed_first_call(
-                jax.jit(method.validation_outputs if self.by_summary else method.eval_loss),
+                methods.jit(
+                    method, method.validation_outputs if self.by_summary else method.eval_loss
+                ),
                 "the validation step",
             )
 

@@ -165,3 +165,30 @@ def test_batch_normalised_head_option():
         convert_lesioncl.networks(method.config)
     with pytest.raises(ValueError, match=r"^config.model.head_norm='bn' is not one of"):
         _lesioncl(**{"model.head_norm": "bn"})
+
+
+def test_cpu_ynnpack_option_compiles_xla_kernels():
+    """The ResNet configs compile with XLA's own CPU kernels (`model.cpu_ynnpack=False`): no
+    YNNPACK fusion in the compiled step, the same values to rounding; other backends and the
+    other methods' configs get no compiler options."""
+    from configs import lesion2void
+
+    lcl = methods.create(lesioncl_configs.get_config("demo"))
+    grader = methods.create(grading_configs.get_config("demo_linear"))
+    options = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+    assert methods.compiler_options(lcl, "cpu") == methods.compiler_options(grader, "cpu")
+    assert methods.compiler_options(lcl, "cpu") == options
+    assert methods.compiler_options(lcl, "tpu") is None
+    assert methods.compiler_options(methods.create(lesion2void.get_config()), "cpu") is None
+
+    def f(x, w):
+        y = jax.lax.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return y.reshape(-1, 8) @ w[0, 0].T
+
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 8))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 8, 8))
+    plain, ours = jax.jit(f), methods.jit(lcl, f)
+    assert "ynn_fusion" not in ours.lower(x, w).compile().as_text()
+    np.testing.assert_allclose(ours(x, w), plain(x, w), rtol=1e-4, atol=1e-3)

@@ -310,14 +310,14 @@ def synthetic_batch(name: str, config, n: int, seed: int) -> dict:
 def _score_jit(method, mesh):
     """The evaluation part: `method.score` as evaluation jits it, else `method.eval_loss` as
     validation does (pre-training methods)."""
-    import jax
-
     from jaxad import methods, parallel
     from jaxad.evals import core
 
     if methods.provides(method, "score"):
         return core.make_score_fn(method, mesh), "method.score"
-    return jax.jit(method.eval_loss, out_shardings=parallel.batch_sharded(mesh)), "eval_loss"
+    return methods.jit(
+        method, method.eval_loss, out_shardings=parallel.batch_sharded(mesh)
+    ), "eval_loss"
 
 
 def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:

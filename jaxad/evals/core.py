@@ -29,8 +29,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from PIL import Image
 
+from jaxad import methods, parallel, paths, viz, writers
 from jaxad import metrics as metrics_lib
-from jaxad import parallel, paths, viz, writers
 from jaxad.data import pipeline, sources, transforms
 
 # Overlays of full-resolution maps are downscaled so that their long side is at most this.
@@ -79,7 +79,7 @@ def make_score_fn(method, mesh: Mesh):
     """
     cache = vars(method).setdefault("_score_fns", {})
     if mesh not in cache:
-        score = jax.jit(method.score, out_shardings=parallel.batch_sharded(mesh))
+        score = methods.jit(method, method.score, out_shardings=parallel.batch_sharded(mesh))
         cache[mesh] = writers.timed_first_call(score, "the scoring function")
     return cache[mesh]
 

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxad import parallel, viz, writers
+from jaxad import methods, parallel, viz, writers
 from jaxad.data import pipeline
 from jaxad.evals import core
 from jaxad.methods import base
@@ -56,7 +56,7 @@ def evaluate(ecfg, config, method, state, mesh) -> core.Result:
     split = core.eval_split(config, ecfg)
     num = int(ecfg.num or config.eval.num_overlays)
     picked = core.MapAccumulator(pixel_metrics=False, num_overlays=num)  # its half/half rule
-    fn = jax.jit(method.panels, out_shardings=parallel.batch_sharded(mesh))
+    fn = methods.jit(method, method.panels, out_shardings=parallel.batch_sharded(mesh))
     fn = writers.timed_first_call(fn, "the panels function")
     key = jax.random.fold_in(jax.random.key(config.seed), 3)
     local_bs = parallel.local_batch_size(config.eval.batch_size, mesh, key="eval.batch_size")

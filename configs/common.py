@@ -79,10 +79,10 @@ def get_config() -> ml_collections.ConfigDict:
     # losses and metrics stay float32 either way.
     c.model.dtype = "auto"
     # XLA's CPU backend hands matrix products and convolutions to YNNPACK by default (True).
-    # False compiles the method's jitted functions with XLA's own kernels instead
-    # (`jaxad.methods.jit`): ResNet-50 training steps measured 6-19 % faster on 2 cores that
-    # way, as YNNPACK's kernels gained little from the second core (bench/README.md). No effect
-    # on TPU/GPU. Changes only float rounding.
+    # False compiles the method's jitted functions with XLA's own kernels for them instead
+    # (`jaxad.methods.jit`; YNNPACK's reductions stay): ResNet-50 steps and inference measured
+    # 1.00-1.12x as fast on 2 cores that way, as YNNPACK's kernels gained little from the
+    # second core (bench/README.md). No effect on TPU/GPU; changes only float rounding.
     c.model.cpu_ynnpack = True
 
     c.distributed = ml_collections.ConfigDict()

@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.model.depth = 50
     c.model.width = 64
-    # XLA's own CPU kernels, not YNNPACK's: faster ResNet steps on several cores (common.py).
+    # XLA's own CPU dots and convolutions, not YNNPACK's: faster on 2 cores (common.py).
     c.model.cpu_ynnpack = False
 
     c.grading = ml_collections.ConfigDict()

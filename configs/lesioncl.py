@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.head_hidden = 0  # 0: the backbone's feature size (2048)
     c.model.head_features = 128
     c.model.head_norm = "none"  # LCL's head; 'batch' normalises its hidden layer (SimCLR's)
-    # XLA's own CPU kernels, not YNNPACK's: faster ResNet steps on several cores (common.py).
+    # XLA's own CPU dots and convolutions, not YNNPACK's: faster on 2 cores (common.py).
     c.model.cpu_ynnpack = False
 
     c.lcl = ml_collections.ConfigDict()

@@ -67,6 +67,7 @@ RESUMABLE = (
     "data.on_corrupt",  # Unreadable files cannot be trained on either way.
     "collapse.*",  # A warning's settings (jaxad.collapse).
     "model.fast_conv_grad",  # How kernel gradients are computed; not what they are.
+    "model.cpu_ynnpack",  # Which CPU kernels compute the same values (to rounding).
     # Optimiser hyperparameters: the optimiser state keeps its shapes (e.g. a lower learning
     # rate after a NaN loss, resuming from the last good checkpoint).
     "optim.learning_rate",

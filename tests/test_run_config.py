@@ -37,6 +37,7 @@ def test_rule_blocks_identity_keys_and_allows_the_rest():
     assert [k for k, _, _ in blocked] == ["model.width", "seed"]
     assert run_config.describe(blocked) == "model.width 64 -> 8, seed 0 -> 1"
     allowed = ("log_every", "eval.batch_size", "validation.every", "data.root", "optim.b1")
+    allowed += ("model.fast_conv_grad", "model.cpu_ynnpack")
     for key in allowed:
         assert run_config.resumable(key), key
     for key in ("method", "model.nf", "l2v.grid", "batch_size", "data.image_size", "picard.stride"):

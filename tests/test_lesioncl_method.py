@@ -168,9 +168,9 @@ def test_batch_normalised_head_option():
 
 
 def test_cpu_ynnpack_option_compiles_xla_kernels():
-    """The ResNet configs compile with XLA's own CPU kernels (`model.cpu_ynnpack=False`): no
-    YNNPACK fusion in the compiled step, the same values to rounding; other backends and the
-    other methods' configs get no compiler options."""
+    """The ResNet configs compile with XLA's own CPU dots and convolutions
+    (`model.cpu_ynnpack=False`): no YNNPACK fusion where jaxlib's default has one, the same
+    values to rounding; other backends and the other methods' configs get no compiler options."""
     from configs import lesion2void
 
     lcl = methods.create(lesioncl_configs.get_config("demo"))
@@ -192,3 +192,5 @@ def test_cpu_ynnpack_option_compiles_xla_kernels():
     plain, ours = jax.jit(f), methods.jit(lcl, f)
     assert "ynn_fusion" not in ours.lower(x, w).compile().as_text()
     np.testing.assert_allclose(ours(x, w), plain(x, w), rtol=1e-4, atol=1e-3)
+    if "ynn_fusion" not in plain.lower(x, w).compile().as_text():
+        pytest.skip("this jaxlib fuses nothing into YNNPACK by default: the option is moot")

@@ -112,7 +112,7 @@ def fresh_state(config: ml_collections.ConfigDict, method: methods.Method | None
     """The method's initial state (numpy arrays), built as a fresh run builds it."""
     method = method or methods.create(config)
     with _quiet(writers.logger):
-        return jax.device_get(jax.jit(method.init)(*_init_args(config)))
+        return jax.device_get(methods.jit(method, method.init)(*_init_args(config)))
 
 
 def convert_networks(

@@ -48,7 +48,7 @@ def create(config) -> Method:
     if not hasattr(module, "create"):
         raise ValueError(f"config.method={name!r}: module {module_name} has no create(config).")
     method = module.create(config)
-    method.cpu_ynnpack = bool(config.model.get("cpu_ynnpack", True))
+    method.cpu_ynnpack = bool((config.get("model") or {}).get("cpu_ynnpack", True))
     return method
 
 
@@ -64,8 +64,8 @@ def compiler_options(method: Method, backend: str | None = None) -> dict[str, st
 
 
 def jit(method: Method, fn: Callable, **kwargs: Any) -> Callable:
-    """`jax.jit(fn, **kwargs)` with `method`'s `compiler_options`: every function that runs the
-    method's networks (init, training step, scoring, validation) is jitted through here."""
+    """`jax.jit(fn, **kwargs)` with `method`'s `compiler_options`: the loop, the evaluators and
+    the tools jit the method's hooks (init, training step, scoring, validation) through here."""
     return jax.jit(fn, compiler_options=compiler_options(method), **kwargs)
 
 

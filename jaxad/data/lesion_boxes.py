@@ -34,7 +34,9 @@ from absl import logging
 from jaxad.data.records import Source
 
 CANDIDATES = "candidates"
-CACHE_VERSION = 1
+# Raised whenever `lesion_candidates` finds other boxes (2: the fovea skipped, sizes measured
+# on the retina).
+CACHE_VERSION = 2
 
 
 def record_files(src: Source) -> list[pathlib.Path] | None:

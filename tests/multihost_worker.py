@@ -31,7 +31,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxad import checkpoint, methods, parallel, train, writers
-from jaxad.data import lesion_boxes, pipeline, sources
+from jaxad.data import pipeline, sources
 
 writers.setup_logging()
 
@@ -69,23 +69,6 @@ def _counting(factory):
 
 for _name, _factory in list(sources.SOURCES.items()):
     sources.SOURCES[_name] = _counting(_factory)
-
-_candidate_boxes = lesion_boxes.candidate_boxes
-
-
-def _uncounted_candidate_boxes(*args, **kwargs):
-    """The lesion candidates are found once, each process for its own share of all the images
-    (`lesion_boxes.candidate_boxes`), before training drops the images without a box: the
-    shares checked are those of the training reads, so this pass is not counted."""
-    saved = reads.copy()
-    try:
-        return _candidate_boxes(*args, **kwargs)
-    finally:
-        reads.clear()
-        reads.update(saved)
-
-
-lesion_boxes.candidate_boxes = _uncounted_candidate_boxes
 
 _open = builtins.open
 
@@ -196,6 +179,7 @@ def tiny(method: str):
                 c, {"lcl.patch_size": 16, "lcl.steps_per_epoch": 2, "model.head_norm": "none"}
             )
             c.data.box_max_side = 16.0
+            c.data.boxes = os.path.join(dr, "boxes.json")
         else:
             c = override(c, {"grading.steps_per_epoch": 2})
     else:
@@ -267,23 +251,18 @@ def one_step_agrees(config, first: dict) -> dict:
 
 
 def epoch_reads(config) -> dict:
-    """The records this process reads in one epoch of its training pipeline, as positions in
-    the training records (with lesion boxes, the images that keep a box: `BoxedSource.indices`
-    maps them to the images read)."""
-    split = config.data.train_split
-    kept = getattr(sources.get_source(config.data, split), "indices", None)
+    """The records this process reads in one epoch of its training pipeline."""
     reads.clear()
     local_bs = config.batch_size // NPROC
-    n = pipeline.num_examples(config.data, split)
-    it = pipeline.train_iterator(config.data, split, local_batch_size=local_bs, seed=config.seed)
+    n = pipeline.num_examples(config.data, config.data.train_split)
+    it = pipeline.train_iterator(
+        config.data, config.data.train_split, local_batch_size=local_bs, seed=config.seed
+    )
     for _ in range(-(-len(range(PID, n, NPROC)) // local_bs)):  # Batches span epochs.
         next(it)
     del it
-    read = [i for (s, i) in reads if s == split]
-    if kept is not None:
-        position = {image: i for i, image in enumerate(kept)}
-        read = [position[image] for image in read]
-    return {"n": n, "read": sorted(read)}
+    split = config.data.train_split
+    return {"n": n, "read": sorted(i for (s, i) in reads if s == split)}
 
 
 def run_method(name: str) -> dict:

@@ -136,11 +136,16 @@ def check_method(rows: list[dict], name: str, out, nproc: int) -> list[str] | No
 @pytest.fixture(scope="module")
 def dr_root(tmp_path_factory):
     from jaxad.data import dr_demo
+    from jaxad.lesions import boxes
 
-    # 30 training photos: lesion-based CL keeps only those with a lesion box (13 here), and the
-    # two steps checked must stay within each process's share of one epoch.
     root = tmp_path_factory.mktemp("dr")
-    return dr_demo.generate_dr_demo(root, size=64, counts={"train": 30, "val": 5, "test": 5})
+    photos = dr_demo.generate_dr_demo(root, size=64, counts={"train": 10, "val": 5, "test": 5})
+    # One box in every training photo: lesion-based CL keeps every photo, so its training
+    # records are the photos read and the shares checked are theirs (the built-in candidates
+    # find a box in only some of these tiny photos).
+    ids = [p.relative_to(photos).as_posix() for p in sorted(photos.glob("train/*/*.png"))]
+    boxes.write_boxes(photos / "boxes.json", {i: [[24, 24, 36, 36, 0.9, 1]] for i in ids})
+    return photos
 
 
 def _volumes(folder, n=3, size=16):
